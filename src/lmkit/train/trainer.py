@@ -1,0 +1,279 @@
+"""The training loop: one loop for every model family and objective.
+
+Each step: learning rate from the schedule → `gradient_accumulation_steps` micro-batches of
+forward (under autocast when asked) and backward → gradient clipping → AdamW step. Every
+`eval_interval` steps: validation loss, a checkpoint, metrics.jsonl and loss.png.
+Ctrl-C saves a checkpoint before leaving; `resume=True` continues from the last one exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config, load_json, save_json
+from ..data.batches import CausalBatches
+from ..data.shards import is_prepared, load_meta, open_split, prepare
+from ..data.sources import iter_documents
+from ..errors import LmkitError
+from ..models import build_model
+from ..tokenizer import Tokenizer
+from .checkpoint import (clear_run, holds_run, load_train_state, load_weights, save_train_state,
+                         save_weights)
+from .optim import lr_at, make_optimizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    val_loss: float
+    train_loss: float
+    tokens_per_s: float
+    wall_s: float
+    interrupted: bool = False
+    history: list = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """'auto' -> bfloat16 where it is fast, else float32. On CPUs without native bf16 (AVX2 only),
+    bf16 matmuls run about 100x slower than fp32, so auto never picks it there."""
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cpu":
+        is_fast = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        is_fast = is_fast or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return "bfloat16" if is_fast else "float32"
+    return "float32"
+
+
+def autocast_ctx(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
+
+
+def prepare_data(cfg: Config, out_dir: Path, progress: bool = True) -> Path:
+    """The prepared-data folder for this run: cfg.data.data itself, or <out_dir>/data made from raw text."""
+    if is_prepared(cfg.data.data):
+        return Path(cfg.data.data)
+    data_dir = out_dir / "data"
+    if is_prepared(data_dir):
+        meta = load_meta(data_dir)
+        if meta.get("source") == cfg.data.data:
+            return data_dir
+    d = cfg.data
+    if d.tokenizer in ("char", "bpe"):
+        if progress:
+            print(f"training a {d.tokenizer} tokenizer on {d.data} …", flush=True)
+        tok = Tokenizer.train((t for _, t in iter_documents(d.data, d.text_field, d.errors)),
+                              kind=d.tokenizer, vocab_size=d.vocab_size)
+    else:
+        tok = Tokenizer.load(d.tokenizer)
+    meta = prepare(d.data, data_dir, tok, d.val_fraction, d.text_field, d.errors, overwrite=True, progress=progress)
+    if progress:
+        print(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
+              f"(vocab {meta['vocab_size']}) in {data_dir}", flush=True)
+    return data_dir
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False, progress: bool = True):
+        t = cfg.train
+        self.cfg, self.progress = cfg, progress
+        self.out_dir = Path(t.out_dir)
+        if resume:
+            if not holds_run(self.out_dir):
+                raise LmkitError(f"{self.out_dir}: no run to resume (train without --resume to start one)")
+            saved = load_json(self.out_dir / "config.json")
+            if saved.model != cfg.model and cfg.model.vocab_size == 0:
+                cfg.model.vocab_size = saved.model.vocab_size
+            if saved.model != cfg.model:
+                raise LmkitError(f"{self.out_dir}: the model settings differ from the run being resumed")
+        elif holds_run(self.out_dir):
+            if not overwrite:
+                raise LmkitError(f"{self.out_dir}: already holds a run (use --resume to continue it "
+                                 "or --overwrite to replace it)")
+            clear_run(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.device = pick_device(t.device)
+        self.dtype = resolve_dtype(t.dtype, self.device)
+        torch.manual_seed(t.seed)
+
+        data_dir = prepare_data(cfg, self.out_dir, progress)
+        self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = self.tokenizer.vocab_size
+        elif cfg.model.vocab_size < self.tokenizer.vocab_size:
+            raise LmkitError(f"config: vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
+                             f"{self.tokenizer.vocab_size}")
+        self.model = build_model(cfg.model).to(self.device)
+        self.optimizer = make_optimizer(self.model, t, self.device.type)
+        self.train_batches = CausalBatches(open_split(data_dir, "train"), cfg.model.block_size, t.batch_size, t.seed)
+        self.val_tokens = open_split(data_dir, "val")
+        CausalBatches(self.val_tokens, cfg.model.block_size, t.batch_size, 0, name="val")  # size check only
+        self.step = 0
+        self.best_val = math.inf
+        self.tokens_seen = 0
+        if resume:
+            self._load_state()
+        else:
+            save_json(cfg, self.out_dir / "config.json")
+            self.tokenizer.save(self.out_dir / "tokenizer.json")
+        self.forward = torch.compile(self.model) if t.compile else self.model
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def _state(self, batches_state=None, rng_state=None) -> dict:
+        return {
+            "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state if rng_state is not None else torch.get_rng_state(),
+            "batches": batches_state or self.train_batches.state_dict(),
+        }
+
+    def save(self, batches_state=None, rng_state=None) -> None:
+        save_weights(self.model, self.out_dir / "model.safetensors", self.step)
+        save_train_state(self._state(batches_state, rng_state), self.out_dir / "train_state.pt")
+
+    def _load_state(self) -> None:
+        state = load_train_state(self.out_dir / "train_state.pt")
+        weights_step = load_weights(self.model, self.out_dir / "model.safetensors")
+        if weights_step != state["step"]:
+            raise LmkitError(f"{self.out_dir}: model.safetensors (step {weights_step}) and train_state.pt "
+                             f"(step {state['step']}) disagree; the checkpoint is incomplete")
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        self.train_batches.load_state_dict(state["batches"])
+        self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val"]
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean loss over `eval_iters` batches of each split, drawn with a fixed seed so evals compare."""
+        self.model.eval()
+        out = {}
+        for split, tokens in (("train", self.train_batches.tokens), ("val", self.val_tokens)):
+            batches = CausalBatches(tokens, self.cfg.model.block_size, self.cfg.train.batch_size, seed=1234, name=split)
+            losses = torch.zeros(self.cfg.train.eval_iters)
+            for i in range(self.cfg.train.eval_iters):
+                x, y = batches.next()
+                with autocast_ctx(self.device, self.dtype):
+                    _, loss = self.forward(x.to(self.device), y.to(self.device))
+                losses[i] = loss.item()
+            out[split] = losses.mean().item()
+        self.model.train()
+        return out
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        t = self.cfg.train
+        tokens_per_step = t.batch_size * t.gradient_accumulation_steps * self.cfg.model.block_size
+        metrics = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        bar = tqdm(total=t.max_iters, initial=self.step, desc="training", unit="it", disable=not self.progress,
+                   dynamic_ncols=True)
+        history, last = [], {"val": math.nan, "train": math.nan}
+        t0, timed_tokens, loss_val = time.perf_counter(), 0, math.nan
+        log_t0 = time.perf_counter()
+        interrupted = False
+        self.model.train()
+        step_batches, step_rng = self.train_batches.state_dict(), torch.get_rng_state()
+
+        def log(rec):
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+            history.append(rec)
+
+        try:
+            while True:
+                if self.step % t.eval_interval == 0 or self.step >= t.max_iters:
+                    last = self.evaluate()
+                    self.best_val = min(self.best_val, last["val"])
+                    log({"step": self.step, "train_loss": last["train"], "val_loss": last["val"],
+                         "tokens": self.tokens_seen})
+                    bar.set_postfix(loss=f"{loss_val:.4f}", val=f"{last['val']:.4f}", refresh=False)
+                    if self.step >= t.max_iters or not t.checkpoint_interval:
+                        self.save()
+                    from ..viz import plot_loss
+                    plot_loss(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
+                    log_t0, timed_tokens = time.perf_counter(), 0  # tokens/s counts training time only
+                if self.step >= t.max_iters:
+                    break
+                if t.checkpoint_interval and self.step and self.step % t.checkpoint_interval == 0:
+                    self.save()
+                step_batches, step_rng = self.train_batches.state_dict(), torch.get_rng_state()
+                lr = lr_at(self.step, t)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                for _ in range(t.gradient_accumulation_steps):
+                    x, y = self.train_batches.next()
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    with autocast_ctx(self.device, self.dtype):
+                        _, loss = self.forward(x, y)
+                    (loss / t.gradient_accumulation_steps).backward()
+                if t.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens_seen += tokens_per_step
+                timed_tokens += tokens_per_step
+                bar.update(1)
+                if self.step % t.log_interval == 0 or self.step == t.max_iters:
+                    loss_val = loss.item()  # the one host sync per log interval
+                    now = time.perf_counter()
+                    tps = timed_tokens / (now - log_t0)
+                    log({"step": self.step, "loss": loss_val, "lr": lr, "tokens": self.tokens_seen,
+                         "tok_per_s": round(tps, 1), "time": round(now - t0, 3)})
+                    bar.set_postfix(loss=f"{loss_val:.4f}", val=f"{last['val']:.4f}", tok_s=f"{tps:,.0f}",
+                                    refresh=False)
+                    log_t0, timed_tokens = now, 0
+        except KeyboardInterrupt:
+            interrupted = True
+            bar.close()
+            # weights change only inside optimizer.step(); save the sampler/RNG state of the step's start
+            # so that --resume redraws the batches of the unfinished step
+            self.optimizer.zero_grad(set_to_none=True)
+            self.save(step_batches, step_rng)
+            print(f"\ninterrupted: checkpoint saved at step {self.step} in {self.out_dir} "
+                  f"(continue with --resume)", flush=True)
+        finally:
+            bar.close()
+            metrics.close()
+        wall = time.perf_counter() - t0
+        train_records = [h for h in history if "tok_per_s" in h]
+        tps = sum(h["tok_per_s"] for h in train_records) / len(train_records) if train_records else 0.0
+        return TrainResult(self.out_dir, self.step, last["val"], last["train"], tps, wall, interrupted, history)
+
+
+def train(config, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          overrides: list[str] | None = None) -> TrainResult:
+    """Train from a Config, a dict, or a path to a TOML file: `lmkit.train("examples/x.toml")`."""
+    from ..config import Config, load_config, validate, apply, parse_overrides
+    if isinstance(config, (str, os.PathLike)):
+        cfg = load_config(config, overrides)
+    else:
+        cfg = config if isinstance(config, Config) else Config.from_dict(config)
+        if overrides:
+            apply(cfg, parse_overrides(overrides), "--set")
+        validate(cfg)
+    return Trainer(cfg, resume=resume, overwrite=overwrite, progress=progress).fit()

@@ -1,0 +1,146 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lmkit
+from lmkit import LmkitError
+from lmkit.config import load_config
+from lmkit.train.trainer import Trainer
+from conftest import tiny_config
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    f = tmp_path / "text.txt"
+    f.write_text("".join(f"{i} little pigs went to market; 小猪{i}去市场。\n" for i in range(300)), encoding="utf-8")
+    return f
+
+
+def _weights(run):
+    return load_file(str(run / "model.safetensors"))
+
+
+def test_loss_falls_and_run_directory_is_complete(text_file, tmp_path):
+    result = lmkit.train(tiny_config(tmp_path / "run", text_file, max_iters=60), progress=False)
+    run = result.out_dir
+    for f in ("config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "loss.png"):
+        assert (run / f).is_file(), f
+    evals = [json.loads(l) for l in open(run / "metrics.jsonl") if "val_loss" in l]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 60
+    assert evals[-1]["val_loss"] < 0.6 * evals[0]["val_loss"]
+    assert not list(run.glob(".*.tmp")), "no temp files left behind"
+
+
+def test_resume_gives_the_same_weights_as_one_straight_run(text_file, tmp_path):
+    # the same schedule in both (lr_decay_iters), stopped after 9 steps, then continued to 16
+    cfg = tiny_config(tmp_path / "b", text_file, max_iters=9, lr_decay_iters=16)
+    cfg.model.dropout = 0.1  # dropout draws from the RNG, which must be restored too
+    straight_cfg = tiny_config(tmp_path / "c", text_file, max_iters=16, lr_decay_iters=16)
+    straight_cfg.model.dropout = 0.1
+    straight = lmkit.train(straight_cfg, progress=False)
+    lmkit.train(cfg, progress=False)
+    cfg.train.max_iters = 16
+    resumed = lmkit.train(cfg, resume=True, progress=False)
+    assert resumed.step == 16
+    a, b = _weights(straight.out_dir), _weights(resumed.out_dir)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(text_file, tmp_path, monkeypatch):
+    straight = lmkit.train(tiny_config(tmp_path / "a", text_file, max_iters=12, gradient_accumulation_steps=2),
+                           progress=False)
+    cfg = tiny_config(tmp_path / "b", text_file, max_iters=12, gradient_accumulation_steps=2)
+    trainer = Trainer(cfg, progress=False)
+    real_next, calls = trainer.train_batches.next, {"n": 0}
+
+    def interrupting_next():
+        calls["n"] += 1
+        if calls["n"] == 14:  # the second micro-batch of step 7
+            raise KeyboardInterrupt
+        return real_next()
+
+    monkeypatch.setattr(trainer.train_batches, "next", interrupting_next)
+    result = trainer.fit()
+    assert result.interrupted and result.step == 6
+    resumed = lmkit.train(cfg, resume=True, progress=False)
+    a, b = _weights(straight.out_dir), _weights(resumed.out_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_is_refused_unless_resume_or_overwrite(text_file, tmp_path):
+    cfg = tiny_config(tmp_path / "run", text_file, max_iters=2)
+    lmkit.train(cfg, progress=False)
+    with pytest.raises(LmkitError, match="already holds a run.*--resume.*--overwrite"):
+        lmkit.train(cfg, progress=False)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    lmkit.train(cfg, overwrite=True, progress=False)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # only lmkit's own files are replaced
+
+
+def test_truncated_checkpoint_is_reported(text_file, tmp_path):
+    cfg = tiny_config(tmp_path / "run", text_file, max_iters=2)
+    lmkit.train(cfg, progress=False)
+    w = tmp_path / "run" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(LmkitError, match="model.safetensors: corrupt or truncated"):
+        lmkit.load(tmp_path / "run")
+    s = tmp_path / "run" / "train_state.pt"
+    s.write_bytes(s.read_bytes()[:100])
+    cfg.train.max_iters = 4
+    with pytest.raises(LmkitError, match="train_state.pt: corrupt or truncated"):
+        lmkit.train(cfg, resume=True, progress=False)
+
+
+def test_save_load_gives_identical_logits(trained_run):
+    lm = lmkit.load(trained_run)
+    cfg = lm.config
+    from lmkit.models import build_model
+    twin = build_model(cfg.model)
+    twin.load_state_dict(lm.model.state_dict())
+    ids = torch.tensor([lm.tokenizer.encode("To be, or not")])
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids)[0], twin.eval()(ids)[0])
+    again = lmkit.load(trained_run)
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids)[0], again.model(ids)[0])
+
+
+def test_generate_api(trained_run):
+    lm = lmkit.load(trained_run)
+    greedy = lm.generate("To be", max_new_tokens=20, temperature=0)
+    assert greedy == lm.generate("To be", max_new_tokens=20, temperature=0)
+    assert "".join(lm.stream("To be", max_new_tokens=20, temperature=0)) == greedy
+    samples = lm.generate("To be", num_samples=3, max_new_tokens=10, temperature=1.0, seed=1)
+    assert len(samples) == 3 and samples == lm.generate("To be", num_samples=3, max_new_tokens=10,
+                                                        temperature=1.0, seed=1)
+    assert len(lm.generate("床前", max_new_tokens=5, temperature=0)) <= 5
+
+
+def test_config_errors(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("n_layr = 4\n")
+    with pytest.raises(LmkitError, match="unknown config key 'n_layr'; did you mean 'n_layer'"):
+        load_config(f)
+    f.write_text("n_embd = 130\nn_head = 4\n")
+    with pytest.raises(LmkitError, match=r"n_embd \(130\) must be divisible by n_head \(4\)"):
+        load_config(f)
+    with pytest.raises(LmkitError, match="max_iters = 'ten' is not a valid int"):
+        load_config(None, ["max_iters=ten"])
+    with pytest.raises(LmkitError, match="pos = 'alibi' is not one of learned, sinusoidal, rope"):
+        load_config(None, ["pos=alibi"])
+    f.write_text("[model]\nn_layer = 3\n[train]\nmax_iters = 7\n")
+    cfg = load_config(f, ["model.n_embd=64", "n_head=4", "dropout=0.1", "bias=false"])
+    assert (cfg.model.n_layer, cfg.train.max_iters, cfg.model.n_embd, cfg.model.dropout, cfg.model.bias) == \
+        (3, 7, 64, 0.1, False)
+
+
+def test_example_config_loads_with_nanogpt_names():
+    example = Path(__file__).resolve().parents[1] / "examples" / "shakespeare_char.toml"
+    cfg = load_config(example, ["max_iters=600", "out_dir=/tmp/r"])
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
+    assert (cfg.train.batch_size, cfg.train.learning_rate, cfg.train.max_iters, cfg.train.out_dir) == \
+        (12, 1e-3, 600, "/tmp/r")
