@@ -1,8 +1,13 @@
 import os
+import sys
 from pathlib import Path
 
-import pytest
-import torch
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))  # test this checkout's code, whatever is installed
+os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])  # and in subprocesses
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIXED = "Hello, world! 你好，世界。床前明月光，疑是地上霜。🎉🦄 naïve café — “quotes” \t tabs\r\nnew\nlines 123\n"
