@@ -65,6 +65,15 @@ def test_jsonl_field_and_errors(tmp_path):
     assert _docs(str(h), text_field="body") == ["正文"]
 
 
+def test_json_array_of_rows_with_list_fields(tmp_path):
+    f = tmp_path / "poems.json"
+    f.write_text('[{"title": "靜夜思", "paragraphs": ["床前明月光，疑是地上霜。", "舉頭望明月，低頭思故鄉。"]}]',
+                 encoding="utf-8")
+    assert _docs(str(f), text_field="paragraphs") == ["床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。"]
+    with pytest.raises(LmkitError, match=r"poems.json\[0\]: row has no field 'text'"):
+        _docs(str(f))
+
+
 def test_not_utf8_names_file_and_offset(tmp_path):
     f = tmp_path / "latin1.txt"
     f.write_bytes("café olé".encode("utf-8") + b" caf\xe9")

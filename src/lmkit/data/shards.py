@@ -26,7 +26,7 @@ from ..tokenizer import Tokenizer
 from .sources import iter_documents
 
 MIN_DOCS_FOR_DOC_SPLIT = 10
-BATCH_CHARS = 4 << 20  # text handed to the tokenizer at once (it encodes a batch on all cores)
+BATCH_CHARS = 1 << 19  # text handed to the tokenizer at once: enough for all cores, little memory
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
