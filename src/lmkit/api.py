@@ -67,7 +67,11 @@ class LM:
 
 
 def load(path: str | Path, device: str = "cpu") -> LM:
-    """Load a run directory written by `lmkit train`."""
+    """Load a run directory written by `lmkit train`, a Hugging Face model folder (GPT-2 or
+    Llama-style), or `hf:<hub id>` (downloads; needs internet)."""
+    from .hf import is_hf_dir, load_hf
+    if str(path).startswith("hf:") or is_hf_dir(path):
+        return load_hf(path, device)
     path = Path(path)
     if not path.is_dir():
         raise LmkitError(f"{path}: no such run directory")

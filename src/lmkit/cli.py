@@ -76,6 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _sampling_flags(p)
+
+    p = sub.add_parser("import-hf", help="convert a Hugging Face GPT-2 / Llama-style checkpoint into a run directory",
+                       description="Read config.json, weights (safetensors, or pytorch_model.bin as weights only) and "
+                                   "tokenizer files from HF_DIR (or hf:<hub id>) and write an lmkit run directory.")
+    p.add_argument("hf_dir", help="Hugging Face model folder, or hf:<hub id> (downloads)")
+    p.add_argument("out_dir", help="run directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in out_dir")
+
+    p = sub.add_parser("export-hf", help="write a run as a Hugging Face model folder (GPT-2 or Llama-style)",
+                       description="Write config.json, model.safetensors, tokenizer.json and tokenizer_config.json "
+                                   "that transformers' AutoModelForCausalLM / AutoTokenizer load.")
+    p.add_argument("run_dir", help="run directory written by lmkit train")
+    p.add_argument("out_dir", help="folder to write")
+    p.add_argument("--format", choices=["auto", "gpt2", "llama"], default="auto",
+                   help="auto picks the format that holds the model's options (default)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     return ap
 
 
@@ -182,8 +198,20 @@ def cmd_quickstart(a) -> None:
     print(f"generate more: lmkit generate {result.out_dir} --prompt 'JULIET:'")
 
 
+def cmd_import_hf(a) -> None:
+    from .hf import import_hf
+    out = import_hf(a.hf_dir, a.out_dir, overwrite=a.overwrite)
+    print(f"imported {a.hf_dir} into {out}; try: lmkit generate {out} --prompt 'Hello'")
+
+
+def cmd_export_hf(a) -> None:
+    from .hf import export_hf
+    out = export_hf(a.run_dir, a.out_dir, a.format, overwrite=a.overwrite)
+    print(f"exported {a.run_dir} to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
 COMMANDS = {"quickstart": cmd_quickstart, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare,
-            "train": cmd_train, "generate": cmd_generate}
+            "train": cmd_train, "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf}
 
 
 def main(argv: list[str] | None = None) -> int:

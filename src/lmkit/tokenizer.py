@@ -15,12 +15,13 @@ from .errors import LmkitError
 
 EOT = "<|endoftext|>"  # separates documents; also the end-of-sequence token for generation
 UNK = "<unk>"
+EOS_NAMES = (EOT, "</s>", "<|end_of_text|>", "<eos>")  # what imported tokenizers call it
 
 
 class Tokenizer:
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
-        self.eot_id = hf.token_to_id(EOT)
+        self.eot_id = next((i for i in map(hf.token_to_id, EOS_NAMES) if i is not None), None)
 
     # ---- building ---------------------------------------------------------------------------
     @classmethod

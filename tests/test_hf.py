@@ -1,0 +1,164 @@
+"""Hugging Face interop: parity with `transformers` on tiny randomly initialised models (no downloads)."""
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import lmkit  # noqa: E402
+from lmkit import LmkitError, Tokenizer  # noqa: E402
+from lmkit.config import Config, save_json  # noqa: E402
+from lmkit.generate import SamplingConfig, generate_ids  # noqa: E402
+from lmkit.hf import export_hf, import_hf  # noqa: E402
+from lmkit.models import build_model  # noqa: E402
+from lmkit.train.checkpoint import save_weights  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。" * 30
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train([TEXT], kind="bpe", vocab_size=300)
+
+
+def padded_batch(vocab, lengths=(12, 7, 3), seed=0):
+    """Right-padded ids and the matching attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    ids = torch.randint(0, vocab, (len(lengths), T), generator=g)
+    mask = torch.zeros(len(lengths), T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+        ids[i, n:] = 0
+    return ids, mask
+
+
+def max_diff_on_real_tokens(ours, theirs, mask):
+    return (ours - theirs).abs()[mask.bool()].max().item()
+
+
+def hf_gpt2(tmp_path, tok, **kw):
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                  bos_token_id=tok.eot_id, eos_token_id=tok.eot_id, **kw)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def hf_llama(tmp_path, tok, **kw):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=80,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=64, bos_token_id=tok.eot_id, eos_token_id=tok.eot_id, **kw)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+@pytest.mark.parametrize("make", [hf_gpt2, hf_llama], ids=["gpt2", "llama"])
+def test_imported_logits_match_transformers(tmp_path, tok, make):
+    theirs = make(tmp_path / "hf", tok)
+    tok.save(tmp_path / "hf" / "tokenizer.json")
+    lm = lmkit.load(tmp_path / "hf")
+    ids, mask = padded_batch(tok.vocab_size)
+    with torch.no_grad():
+        ref = theirs(input_ids=ids, attention_mask=mask).logits
+        ours = lm.model(ids)[0]  # right padding: a causal model's real positions never see the pads
+    assert max_diff_on_real_tokens(ours, ref, mask) <= 1e-4
+    run = import_hf(tmp_path / "hf", tmp_path / "run")  # the same through a run directory
+    with torch.no_grad():
+        assert torch.equal(lmkit.load(run).model(ids)[0], ours)
+
+
+@pytest.mark.parametrize("make", [hf_gpt2, hf_llama], ids=["gpt2", "llama"])
+def test_greedy_generation_matches_transformers(tmp_path, tok, make):
+    theirs = make(tmp_path / "hf", tok)
+    tok.save(tmp_path / "hf" / "tokenizer.json")
+    lm = lmkit.load(tmp_path / "hf")
+    prompt = torch.tensor([tok.encode("The quick brown")])
+    with torch.no_grad():
+        ref = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=32,
+                              min_new_tokens=32, pad_token_id=tok.eot_id)[0, prompt.size(1):]
+    ours = torch.stack(list(generate_ids(lm.model, prompt, SamplingConfig(max_new_tokens=32, temperature=0))), 1)[0]
+    assert ours.tolist() == ref.tolist()
+
+
+def test_gpt2_from_pytorch_bin_and_vocab_merges(tmp_path, tok):
+    theirs = hf_gpt2(tmp_path / "hf", tok)
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(theirs.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
+    tok.hf.model.save(str(tmp_path / "hf"))  # vocab.json + merges.txt, GPT-2's classic files
+    lm = lmkit.load(tmp_path / "hf")
+    assert lm.tokenizer.encode("quick brown fox") == tok.encode("quick brown fox")
+    ids, mask = padded_batch(tok.vocab_size)
+    with torch.no_grad():
+        assert max_diff_on_real_tokens(lm.model(ids)[0], theirs(input_ids=ids).logits, mask) <= 1e-4
+
+
+def make_run(tmp_path, tok, **model):
+    cfg = Config()
+    m = cfg.model
+    m.vocab_size, m.block_size, m.n_layer, m.n_head, m.n_embd = tok.vocab_size, 64, 2, 4, 32
+    for k, v in model.items():
+        setattr(m, k, v)
+    torch.manual_seed(1)
+    net = build_model(m)
+    with torch.no_grad():  # non-trivial norm gains and biases, so a mis-mapped one shows
+        for name, p in net.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_json(cfg, run / "config.json")
+    tok.save(run / "tokenizer.json")
+    save_weights(net, run / "model.safetensors", step=0)
+    return run, net
+
+
+@pytest.mark.parametrize("model", [
+    dict(mlp="gelu_tanh"), dict(mlp="gelu", tie_embeddings=False),
+    dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2),
+    dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=True)],
+    ids=["gpt2", "gpt2-untied-erf", "llama-gqa", "llama-tied"])
+def test_export_loads_in_transformers_with_identical_logits(tmp_path, tok, model):
+    run, net = make_run(tmp_path, tok, **model)
+    out = export_hf(run, tmp_path / "hf")
+    theirs, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    ids, mask = padded_batch(tok.vocab_size, seed=1)
+    with torch.no_grad():
+        diff = max_diff_on_real_tokens(net.eval()(ids)[0], theirs.eval()(input_ids=ids, attention_mask=mask).logits, mask)
+    assert diff <= 1e-4
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok(TEXT[:80])["input_ids"] == tok.encode(TEXT[:80])
+    assert hf_tok.eos_token == "<|endoftext|>"
+
+
+def test_export_refuses_options_the_format_cannot_hold(tmp_path, tok):
+    run, _ = make_run(tmp_path, tok, pos="rope")
+    with pytest.raises(LmkitError, match=r"the gpt2 format cannot hold pos = rope.*Llama-style"):
+        export_hf(run, tmp_path / "a", fmt="gpt2")
+    with pytest.raises(LmkitError, match=r"GPT-2 cannot hold pos = rope.*Llama-style cannot hold norm = layernorm"):
+        export_hf(run, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_unsupported_model_type_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(LmkitError, match="model_type 't5' is not supported"):
+        lmkit.load(tmp_path)
+
+
+def test_cli_import_and_export(tmp_path, tok, capsys):
+    from lmkit.cli import main
+    hf_gpt2(tmp_path / "hf", tok)
+    tok.save(tmp_path / "hf" / "tokenizer.json")
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 0
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["export-hf", str(tmp_path / "run"), str(tmp_path / "back")]) == 0
+    a = lmkit.load(tmp_path / "run").model
+    b = lmkit.load(tmp_path / "back").model  # exported folder re-imported: the same weights
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
