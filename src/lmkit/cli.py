@@ -77,6 +77,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _sampling_flags(p)
 
+    p = sub.add_parser("evaluate", help="loss, perplexity, bits per byte and next-token accuracy on a text",
+                       description="Score a model on held-out text: every token predicted once from the tokens "
+                                   "before it (windows of block_size).")
+    p.add_argument("run_dir", help="run directory or Hugging Face model folder")
+    p.add_argument("--data", required=True, help="file, folder, glob, .jsonl or built-in corpus to score")
+    p.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.json rows")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after about this many tokens")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--json", dest="json_out", default=None, metavar="OUT.json", help="also write the scores as JSON")
+    p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="bytes that are not UTF-8")
+
+    p = sub.add_parser("explain", help="an HTML page of surprisal, next-token choices and attention maps",
+                       description="lmkit explain RUN \"text\" --out page.html   or   lmkit explain --embeddings RUN")
+    p.add_argument("run_dir", help="run directory or Hugging Face model folder")
+    p.add_argument("text", nargs="?", default=None, help="the text to look at")
+    p.add_argument("--out", default=None, help="output page (default explain.html; embeddings.png with --embeddings)")
+    p.add_argument("--top-k", type=int, default=10, help="next-token candidates shown per position (default 10)")
+    p.add_argument("--embeddings", action="store_true", help="plot the token embeddings (PCA) instead")
+
+    p = sub.add_parser("plot", help="loss curves of several runs on one figure",
+                       description="Train/val loss of one or more runs, by step and by tokens seen, as a PNG.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--out", default="loss_curves.png", help="output PNG (default loss_curves.png)")
+
     p = sub.add_parser("import-hf", help="convert a Hugging Face GPT-2 / Llama-style checkpoint into a run directory",
                        description="Read config.json, weights (safetensors, or pytorch_model.bin as weights only) and "
                                    "tokenizer files from HF_DIR (or hf:<hub id>) and write an lmkit run directory.")
@@ -198,6 +222,42 @@ def cmd_quickstart(a) -> None:
     print(f"generate more: lmkit generate {result.out_dir} --prompt 'JULIET:'")
 
 
+def cmd_evaluate(a) -> None:
+    import json as _json
+    from .api import load
+    from .evaluate.lm import evaluate_lm
+    from .io import atomic_write_text
+    lm = load(a.run_dir)
+    s = evaluate_lm(lm, a.data, a.text_field, a.errors, batch_size=a.batch_size, max_tokens=a.max_tokens)
+    rows = [("tokens", f"{s.tokens:,}"), ("bytes", f"{s.bytes:,}"), ("loss (nats/token)", f"{s.loss:.4f}"),
+            ("perplexity", f"{s.perplexity:.3f}"), ("bits per byte", f"{s.bits_per_byte:.4f}"),
+            ("top-1 accuracy", f"{100 * s.top1_accuracy:.2f}%"), ("top-5 accuracy", f"{100 * s.top5_accuracy:.2f}%")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v:>12}")
+    if a.json_out:
+        atomic_write_text(a.json_out, _json.dumps({"run": str(a.run_dir), "data": a.data, **s.to_dict()}, indent=2) + "\n")
+        print(f"wrote {a.json_out}")
+
+
+def cmd_explain(a) -> None:
+    from .api import load
+    from .explain import embeddings_png, write_page
+    lm = load(a.run_dir)
+    if a.embeddings:
+        print(f"wrote {embeddings_png(lm, a.out or 'embeddings.png')}")
+        return
+    if not a.text:
+        raise LmkitError("explain: give the text to look at, or --embeddings")
+    out = write_page(lm, a.text, a.out or "explain.html", top_k=a.top_k)
+    print(f"wrote {out} (and {out.stem}_layer*.png); open it in a browser")
+
+
+def cmd_plot(a) -> None:
+    from .viz import plot_runs
+    print(f"wrote {plot_runs(a.runs, a.out)}")
+
+
 def cmd_import_hf(a) -> None:
     from .hf import import_hf
     out = import_hf(a.hf_dir, a.out_dir, overwrite=a.overwrite)
@@ -211,7 +271,8 @@ def cmd_export_hf(a) -> None:
 
 
 COMMANDS = {"quickstart": cmd_quickstart, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare,
-            "train": cmd_train, "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf}
+            "train": cmd_train, "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
+            "evaluate": cmd_evaluate, "explain": cmd_explain, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

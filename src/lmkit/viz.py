@@ -18,6 +18,41 @@ def read_metrics(path: str | Path) -> tuple[list, list]:
     return train, val
 
 
+def plot_runs(runs: list[str | Path], out_png: str | Path) -> Path:
+    """Train and val loss of several runs on one figure: by step (left) and by tokens seen (right)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .errors import LmkitError
+    fig, (by_step, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    for i, run in enumerate(runs):
+        f = Path(run) / "metrics.jsonl"
+        if not f.is_file():
+            raise LmkitError(f"{run}: no metrics.jsonl (not a training run directory)")
+        recs = [json.loads(l) for l in f.read_text(encoding="utf-8").splitlines() if l.strip()]
+        colour = f"C{i % 10}"
+        for key, style, label in (("loss", "-", "train"), ("val_loss", "o--", "val")):
+            pts = [(r["step"], r.get("tokens", 0), r[key]) for r in recs if key in r]
+            if pts:
+                steps, tokens, vals = zip(*pts)
+                kw = dict(color=colour, alpha=0.5 if key == "loss" else 1.0, markersize=3,
+                          label=f"{Path(run).name} {label}")
+                by_step.plot(steps, vals, style, **kw)
+                by_tokens.plot(tokens, vals, style, **kw)
+    for ax, xl in ((by_step, "step"), (by_tokens, "tokens seen")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.grid(alpha=0.3)
+    by_tokens.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out_png
+
+
 def plot_loss(metrics_path: str | Path, out_png: str | Path, title: str | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")

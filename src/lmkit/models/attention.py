@@ -8,8 +8,13 @@ pre-allocated key/value cache used for generation.
 """
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
+
+_recorded: list | None = None  # set by record_attention(): every attend() call appends its weights
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -18,8 +23,35 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
     if k.size(1) != q.size(1):  # grouped-query attention: each K/V head serves n_head/n_kv_head query heads
         rep = q.size(1) // k.size(1)
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                          is_causal=causal and mask is None)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                       is_causal=causal and mask is None)
+    if _recorded is not None:
+        _recorded.append(attention_weights(q, k, causal, mask))
+    return y
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor, causal: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The matrix SDPA applies to V, spelled out: softmax(Q Kᵀ / √d_k + mask) -> (B, H, Tq, Tk)."""
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif causal:
+        tq, tk = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril().logical_not(),
+                                    float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+@contextmanager
+def record_attention():
+    """Collect the attention weights of every layer during a forward pass (for `lmkit explain`):
+        with record_attention() as maps: model(idx)   # maps[i]: (B, H, T, T) of layer i"""
+    global _recorded
+    _recorded = []
+    try:
+        yield _recorded
+    finally:
+        _recorded = None
 
 
 # ---- rotary position embeddings (Su et al., 2021) -------------------------------------------------

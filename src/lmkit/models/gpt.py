@@ -104,6 +104,8 @@ def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
 
 
 class GPT(nn.Module):
+    is_causal = True  # each position sees only itself and the past
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         assert cfg.vocab_size > 0, "vocab_size must be set from the tokenizer before building the model"

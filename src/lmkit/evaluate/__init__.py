@@ -1,0 +1,1 @@
+"""Evaluation: language-model scores (lm.py)."""
