@@ -80,6 +80,9 @@ def load(path: str | Path, device: str = "cpu") -> LM:
     cfg = load_json(path / "config.json")
     tokenizer = Tokenizer.load(path / "tokenizer.json")
     model = build_model(cfg.model)
+    from .compress import QUANT_FILE, load_int8
+    if (path / QUANT_FILE).is_file():  # written by `lmkit quantize`
+        return LM(load_int8(model, path), tokenizer, cfg, path)
     load_weights(model, path / "model.safetensors")
     model.to(device).eval()
     return LM(model, tokenizer, cfg, path)

@@ -101,6 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--out", default="loss_curves.png", help="output PNG (default loss_curves.png)")
 
+    p = sub.add_parser("quantize", help="int8 weights for CPU inference (4x smaller)",
+                       description="Store every Linear weight of the Transformer blocks as int8 with a per-channel "
+                                   "scale; lmkit.load runs them with PyTorch's dynamic int8 kernels.")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="output run directory")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("prune", help="magnitude pruning (unstructured, or --structured MLP units), optional recovery",
+                       description="Zero the smallest-magnitude weights of each block matrix (or drop whole MLP "
+                                   "hidden units with --structured), then optionally fine-tune briefly to recover.")
+    p.add_argument("run_dir")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction to remove (default 0.5)")
+    p.add_argument("--structured", action="store_true", help="drop whole MLP hidden units (smaller, faster matrices)")
+    p.add_argument("--finetune-iters", type=int, default=0, help="recovery fine-tuning steps on the run's data (default 0)")
+    p.add_argument("--out", required=True, help="output run directory")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("export-onnx", help="export to ONNX (dynamic batch and sequence) and verify with onnxruntime",
+                       description="Write input_ids -> logits as ONNX with dynamic batch and sequence axes and "
+                                   "check it against lmkit's own logits with onnxruntime.")
+    p.add_argument("run_dir")
+    p.add_argument("out", help="output .onnx file")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
     p = sub.add_parser("import-hf", help="convert a Hugging Face GPT-2 / Llama-style checkpoint into a run directory",
                        description="Read config.json, weights (safetensors, or pytorch_model.bin as weights only) and "
                                    "tokenizer files from HF_DIR (or hf:<hub id>) and write an lmkit run directory.")
@@ -258,6 +282,31 @@ def cmd_plot(a) -> None:
     print(f"wrote {plot_runs(a.runs, a.out)}")
 
 
+def cmd_quantize(a) -> None:
+    from .compress import quantize_int8
+    r = quantize_int8(a.run_dir, a.out, overwrite=a.overwrite)
+    print(f"{a.out}: {r['modules']} Linear layers in int8; model.safetensors {r['bytes_before'] / 1e6:.2f} MB -> "
+          f"{r['bytes_after'] / 1e6:.2f} MB")
+
+
+def cmd_prune(a) -> None:
+    from .compress import prune_run
+    r = prune_run(a.run_dir, a.out, a.sparsity, a.structured, a.finetune_iters, overwrite=a.overwrite)
+    for k, v in r.items():
+        print(f"{k:<20} {v:.4f}" if isinstance(v, float) else f"{k:<20} {v}")
+    print(f"wrote {a.out}")
+
+
+def cmd_export_onnx(a) -> None:
+    from .api import load
+    from .compress import export_onnx
+    r = export_onnx(load(a.run_dir), a.out, check=not a.no_check)
+    msg = f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB)"
+    if "max_abs_diff" in r:
+        msg += f"; onnxruntime vs lmkit: max |Δ logits| = {r['max_abs_diff']:.2e}"
+    print(msg)
+
+
 def cmd_import_hf(a) -> None:
     from .hf import import_hf
     out = import_hf(a.hf_dir, a.out_dir, overwrite=a.overwrite)
@@ -272,7 +321,8 @@ def cmd_export_hf(a) -> None:
 
 COMMANDS = {"quickstart": cmd_quickstart, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare,
             "train": cmd_train, "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
-            "evaluate": cmd_evaluate, "explain": cmd_explain, "plot": cmd_plot}
+            "evaluate": cmd_evaluate, "explain": cmd_explain, "plot": cmd_plot, "quantize": cmd_quantize,
+            "prune": cmd_prune, "export-onnx": cmd_export_onnx}
 
 
 def main(argv: list[str] | None = None) -> int:

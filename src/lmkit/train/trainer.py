@@ -95,8 +95,12 @@ def prepare_data(cfg: Config, out_dir: Path, progress: bool = True) -> Path:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False, progress: bool = True):
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                 init_model: torch.nn.Module | None = None, after_step=None):
+        """`init_model`: start from these weights (fine-tuning) instead of a fresh model;
+        `after_step(model)`: called after every optimizer step (e.g. to keep pruned weights at zero)."""
         t = cfg.train
+        self.after_step = after_step
         self.cfg, self.progress = cfg, progress
         self.out_dir = Path(t.out_dir)
         if resume:
@@ -127,7 +131,7 @@ class Trainer:
         elif cfg.model.vocab_size < self.tokenizer.vocab_size:
             raise LmkitError(f"config: vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
                              f"{self.tokenizer.vocab_size}")
-        self.model = build_model(cfg.model).to(self.device)
+        self.model = (init_model if init_model is not None else build_model(cfg.model)).to(self.device)
         self.optimizer = make_optimizer(self.model, t, self.device.type)
         self.train_batches = CausalBatches(open_split(data_dir, "train"), cfg.model.block_size, t.batch_size, t.seed)
         self.val_tokens = open_split(data_dir, "val")
@@ -234,6 +238,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.after_step is not None:
+                    self.after_step(self.model)
                 self.step += 1
                 self.tokens_seen += tokens_per_step
                 timed_tokens += tokens_per_step

@@ -1,0 +1,258 @@
+"""Smaller, faster models for CPU inference: int8 weights, magnitude pruning, ONNX export.
+
+int8: every Linear weight row w is stored as round(w / s) in int8 with one scale s = max|w| / 127 per
+output channel (4× smaller than fp32). On load the rows are restored and PyTorch's dynamic int8
+kernels (`quantize_dynamic`, per-channel) run the matrix products; activations stay float.
+Pruning ("模型裁剪"): zero the fraction `sparsity` of each block weight matrix with the smallest |w|
+(unstructured), or (structured) drop whole MLP hidden units with the smallest weight norm, which
+shrinks the matrices and so the compute.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .config import save_json
+from .errors import LmkitError
+from .io import atomic_path, atomic_write_text
+
+QUANT_FILE = "quantization.json"
+
+
+def _block_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """The Linear layers inside the Transformer blocks (not embeddings or the output head)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("h.")}
+
+
+def _copy_run_files(src: Path, dst: Path, overwrite: bool) -> None:
+    if dst.exists() and any(dst.iterdir()):
+        if not overwrite:
+            raise LmkitError(f"{dst}: folder is not empty (use --overwrite)")
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "tokenizer.json", dst / "tokenizer.json")
+
+
+# ---- int8 -------------------------------------------------------------------------------------------
+def quantize_int8(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
+    """Write a copy of the run with int8 block weights; returns sizes before and after."""
+    from .api import load
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    lm = load(run_dir)
+    linears = _block_linears(lm.model)
+    sd = {k: v.detach().contiguous() for k, v in lm.model.state_dict().items()}
+    if lm.config.model.tie_embeddings:
+        sd.pop("lm_head.weight", None)
+    for name in linears:
+        w = sd.pop(f"{name}.weight").float()
+        scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)  # (out, 1)
+        sd[f"{name}.weight_int8"] = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
+        sd[f"{name}.weight_scale"] = scale.squeeze(1)
+    _copy_run_files(run_dir, out_dir, overwrite)
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file(sd, str(tmp), metadata={"format": "pt", "quantization": "int8-per-channel"})
+    atomic_write_text(out_dir / QUANT_FILE, json.dumps({"method": "int8-per-channel", "modules": sorted(linears)}) + "\n")
+    save_json(lm.config, out_dir / "config.json")
+    before = (run_dir / "model.safetensors").stat().st_size
+    return {"bytes_before": before, "bytes_after": (out_dir / "model.safetensors").stat().st_size,
+            "modules": len(linears)}
+
+
+def load_int8(model: nn.Module, run_dir: Path) -> nn.Module:
+    """Fill `model` from an int8 run directory and swap its block Linears for int8 kernels."""
+    info = json.loads((run_dir / QUANT_FILE).read_text())
+    try:
+        sd = load_file(str(run_dir / "model.safetensors"))
+    except Exception as e:
+        raise LmkitError(f"{run_dir / 'model.safetensors'}: corrupt or truncated ({str(e).splitlines()[0]})")
+    for name in info["modules"]:
+        q, s = sd.pop(f"{name}.weight_int8"), sd.pop(f"{name}.weight_scale")
+        sd[f"{name}.weight"] = q.float() * s[:, None]
+    if model.config.tie_embeddings:
+        sd["lm_head.weight"] = sd["wte.weight"]
+    model.load_state_dict(sd)
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        return quantize_dynamic(model.eval(), {n: per_channel_dynamic_qconfig for n in info["modules"]},
+                                dtype=torch.qint8)
+
+
+# ---- pruning ----------------------------------------------------------------------------------------
+def magnitude_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+    """For each block weight matrix, a 0/1 mask that zeros its `sparsity` fraction of smallest |w|."""
+    masks = {}
+    for name, lin in _block_linears(model).items():
+        w = lin.weight.detach().abs().flatten()
+        k = int(sparsity * w.numel())
+        mask = torch.ones_like(w)
+        if k:
+            mask[w.topk(k, largest=False).indices] = 0.0
+        masks[f"{name}.weight"] = mask.view_as(lin.weight)
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask)
+
+
+def prune_mlp_units(model: nn.Module, sparsity: float) -> int:
+    """Structured pruning: keep the (1 − sparsity) MLP hidden units of each block with the largest
+    ‖fc row‖·‖proj column‖; returns the new hidden size. The model's config is updated to match."""
+    cfg = model.config
+    hidden = cfg.hidden_dim
+    keep = max(1, round(hidden * (1 - sparsity)))
+    for block in model.h:
+        fc, proj = block.mlp.fc, block.mlp.proj
+        rows = fc.weight.detach()
+        if cfg.mlp == "swiglu":  # fc holds [gate; up]: a unit is a gate row, an up row and a proj column
+            gate, up = rows.chunk(2)
+            score = gate.norm(dim=1) * up.norm(dim=1) * proj.weight.detach().norm(dim=0)
+            idx = score.topk(keep).indices.sort().values
+            sel = torch.cat([idx, idx + hidden])
+        else:
+            score = rows.norm(dim=1) * proj.weight.detach().norm(dim=0)
+            sel = idx = score.topk(keep).indices.sort().values
+        new_fc = nn.Linear(fc.in_features, len(sel), bias=fc.bias is not None)
+        new_proj = nn.Linear(keep, proj.out_features, bias=proj.bias is not None)
+        with torch.no_grad():
+            new_fc.weight.copy_(fc.weight[sel])
+            if fc.bias is not None:
+                new_fc.bias.copy_(fc.bias[sel])
+            new_proj.weight.copy_(proj.weight[:, idx])
+            if proj.bias is not None:
+                new_proj.bias.copy_(proj.bias)
+        block.mlp.fc, block.mlp.proj = new_fc, new_proj
+    cfg.mlp_hidden = keep
+    return keep
+
+
+def sparsity_of(model: nn.Module) -> float:
+    ws = [m.weight for m in _block_linears(model).values()]
+    return sum((w == 0).sum().item() for w in ws) / sum(w.numel() for w in ws)
+
+
+# ---- ONNX -------------------------------------------------------------------------------------------
+class _LogitsOnly(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids)[0]
+
+
+def export_onnx(lm, out: str | Path, check: bool = True) -> dict:
+    """input_ids (batch, seq) -> logits (batch, seq, vocab), both axes dynamic; verified with onnxruntime."""
+    import logging
+    import warnings
+    out = Path(out)
+    model = _LogitsOnly(lm.model).eval()
+    example = torch.randint(0, lm.config.model.vocab_size, (2, min(8, lm.config.model.block_size)))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("seq", min=1, max=lm.config.model.block_size)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input_ids"],
+                                        output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq}},
+                                        verbose=False)
+        except ImportError as e:
+            raise LmkitError(f"export-onnx needs the onnx and onnxscript packages ({e}); pip install -e '.[onnx]'")
+    with atomic_path(out) as tmp:
+        program.save(str(tmp))
+    result = {"path": str(out), "bytes": out.stat().st_size}
+    if check:
+        result["max_abs_diff"] = check_onnx(lm, out)
+    return result
+
+
+def check_onnx(lm, path: str | Path, shapes=((1, 5), (3, 11))) -> float:
+    """Largest |logits(onnxruntime) − logits(lmkit)| over test batches of different shapes."""
+    import numpy as np
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    g = torch.Generator().manual_seed(0)
+    for b, t in shapes:
+        t = min(t, lm.config.model.block_size)
+        x = torch.randint(0, lm.config.model.vocab_size, (b, t), generator=g)
+        got = session.run(None, {"input_ids": x.numpy()})[0]
+        with torch.no_grad():
+            ref = lm.model.eval()(x)[0].numpy()
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def _run_data_dir(lm) -> Path | None:
+    """The prepared data the run was trained on, if it is still there."""
+    from .data.shards import is_prepared
+    for d in (lm.path / "data", Path(lm.config.data.data)):
+        if is_prepared(d):
+            return d
+    return None
+
+
+def val_loss(model, data_dir: Path, block_size: int, max_tokens: int = 20_000) -> float:
+    from .data.shards import open_split
+    from .evaluate.lm import score_tokens
+    ids = open_split(data_dir, "val")[: max_tokens + 1].astype("int64").tolist()
+    s = score_tokens(model, ids, block_size, batch_size=16)
+    return s["nll"] / s["n"]
+
+
+def prune_run(run_dir: str | Path, out_dir: str | Path, sparsity: float, structured: bool = False,
+              finetune_iters: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+    """Prune a run and optionally fine-tune it briefly to recover; report val loss at each stage."""
+    from .api import load
+    from .train.checkpoint import save_weights
+    from .train.trainer import Trainer
+    if not 0 < sparsity < 1:
+        raise LmkitError(f"prune: --sparsity must be in (0, 1) (got {sparsity})")
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    lm = load(run_dir)
+    data_dir = _run_data_dir(lm)
+    if finetune_iters and data_dir is None:
+        raise LmkitError(f"{run_dir}: its prepared data is gone, so there is nothing to fine-tune on")
+    block = lm.config.model.block_size
+    report = {"sparsity": sparsity, "structured": structured}
+    if data_dir is not None:
+        report["val_loss_before"] = val_loss(lm.model, data_dir, block)
+    params_before = sum(p.numel() for p in lm.model.parameters())
+    masks = None
+    if structured:
+        report["mlp_hidden"] = prune_mlp_units(lm.model, sparsity)
+    else:
+        masks = magnitude_masks(lm.model, sparsity)
+        apply_masks(lm.model, masks)
+    report["weight_sparsity"] = round(sparsity_of(lm.model), 4)
+    report["params_before"], report["params_after"] = params_before, sum(p.numel() for p in lm.model.parameters())
+    if data_dir is not None:
+        report["val_loss_pruned"] = val_loss(lm.model, data_dir, block)
+    cfg = lm.config
+    cfg.train.out_dir = str(out_dir)
+    if finetune_iters:
+        cfg.data.data = str(data_dir)
+        t = cfg.train
+        t.max_iters, t.warmup_iters, t.lr_decay_iters = finetune_iters, 0, finetune_iters
+        t.learning_rate, t.min_lr = t.min_lr * 3, t.min_lr  # a gentle recovery, not a second pretraining
+        t.eval_interval = max(1, finetune_iters)
+        trainer = Trainer(cfg, overwrite=overwrite, progress=progress, init_model=lm.model,
+                          after_step=(lambda m: apply_masks(m, masks)) if masks else None)
+        trainer.fit()
+        report["val_loss_recovered"] = val_loss(lm.model, data_dir, block)
+        report["weight_sparsity"] = round(sparsity_of(lm.model), 4)
+    else:
+        _copy_run_files(run_dir, out_dir, overwrite)
+        save_json(cfg, out_dir / "config.json")
+        save_weights(lm.model, out_dir / "model.safetensors", step=0)
+    return report
