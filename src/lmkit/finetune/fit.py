@@ -88,14 +88,29 @@ def _check_labels(c: ClassifyConfig, train, evalset) -> list[str]:
     return labels
 
 
+def length_bucketed(seqs: list[list[int]], batch_size: int, generator: torch.Generator,
+                    pool: int = 50) -> list[list[int]]:
+    """Shuffled batches of row indices whose texts have similar lengths, so little of each batch is padding:
+    shuffle, sort each pool of `pool` batches' worth of rows by length, cut into batches, shuffle the batches."""
+    order = torch.randperm(len(seqs), generator=generator).tolist()
+    batches = []
+    for start in range(0, len(order), batch_size * pool):
+        chunk = sorted(order[start:start + batch_size * pool], key=lambda i: len(seqs[i]))
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 @torch.no_grad()
 def evaluate(model: Classifier, seqs: list[list[int]], y: list[int], n_classes: int, pad_id: int,
              device, batch_size: int = 128) -> dict:
     model.eval()
-    preds = []
-    for i in range(0, len(seqs), batch_size):
-        idx, mask = pad_batch(seqs[i:i + batch_size], pad_id)
-        preds += model(idx.to(device), mask.to(device))[0].argmax(dim=-1).tolist()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
+    preds = [0] * len(seqs)
+    for i in range(0, len(order), batch_size):
+        rows = order[i:i + batch_size]
+        idx, mask = pad_batch([seqs[r] for r in rows], pad_id)
+        for r, p in zip(rows, model(idx.to(device), mask.to(device))[0].argmax(dim=-1).tolist()):
+            preds[r] = p
     model.train()
     return classification_report(y, preds, n_classes)
 
@@ -178,12 +193,11 @@ def finetune_classify(c: ClassifyConfig) -> dict:
     out_of_time = False
     try:
         for epoch in range(1, c.epochs + 1):
-            order = torch.randperm(len(x_train), generator=generator).tolist()
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{c.epochs}", unit="batch",
-                       disable=not c.progress, dynamic_ncols=True)
+            batches = length_bucketed(x_train, c.batch_size, generator)
+            bar = tqdm(batches, desc=f"epoch {epoch}/{c.epochs}", unit="batch", disable=not c.progress,
+                       dynamic_ncols=True)
             running = math.nan
-            for b in bar:
-                rows = order[b * c.batch_size:(b + 1) * c.batch_size]
+            for b, rows in enumerate(bar):
                 idx, mask = pad_batch([x_train[i] for i in rows], pad_id)
                 y = torch.tensor([y_train[i] for i in rows])
                 for group in optimizer.param_groups:
