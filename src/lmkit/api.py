@@ -1,4 +1,5 @@
-"""The Python API: `lm = lmkit.load(run_dir)`, then `lm.generate("To be")`."""
+"""The Python API: `lm = lmkit.load(run_dir)`, then `lm.generate("To be")` (GPT, LSTM) or
+`lm.fill_mask("The capital of France is [MASK].")` (BERT)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,13 @@ class LM:
         # an empty prompt starts a fresh document, as after <|endoftext|> in training
         return ids or [self.tokenizer.eot_id]
 
+    def _check_generates(self) -> None:
+        if self.config.model.type == "bert":
+            raise LmkitError(f"{self.path}: a BERT encoder does not generate text; use fill-mask")
+
     def stream(self, prompt: str = "", **sampling) -> Iterator[str]:
         """Yield the continuation of `prompt` piece by piece as it is generated."""
+        self._check_generates()
         cfg = SamplingConfig(**sampling)
         out = TextStream(self.tokenizer)
         idx = torch.tensor([self.encode_prompt(prompt)])
@@ -46,6 +52,7 @@ class LM:
 
     def generate(self, prompt: str = "", num_samples: int = 1, **sampling) -> str | list[str]:
         """Continue `prompt`; returns the new text (a list of `num_samples` texts when > 1)."""
+        self._check_generates()
         cfg = SamplingConfig(**sampling)
         prompt_ids = self.encode_prompt(prompt)
         idx = torch.tensor([prompt_ids] * num_samples)
@@ -64,6 +71,28 @@ class LM:
         self.model.eval()
         idx = torch.tensor([self.tokenizer.encode(text)], device=self.device)
         return self.model(idx)[0][0]
+
+
+    @torch.no_grad()
+    def fill_mask(self, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each [MASK] in `text`, the top_k tokens with their probabilities, most likely first:
+        softmax over the vocabulary of the masked-LM logits at that position."""
+        tok = self.tokenizer
+        if self.config.model.type != "bert":
+            raise LmkitError(f"{self.path}: fill-mask needs a BERT (masked LM) run, not '{self.config.model.type}'")
+        ids = [tok.cls_id] + tok.encode(text) + [tok.sep_id]
+        where = [i for i, t in enumerate(ids) if t == tok.mask_id]
+        if not where:
+            raise LmkitError(f"fill-mask: the text has no [MASK] token: {text!r}")
+        if len(ids) > self.config.model.block_size:
+            raise LmkitError(f"fill-mask: the text is {len(ids)} tokens, longer than the model's context "
+                             f"({self.config.model.block_size})")
+        self.model.eval()
+        logits, _ = self.model(torch.tensor([ids], device=self.device))
+        probs = logits[0, where].float().softmax(dim=-1)  # (n_masks, V)
+        top = probs.topk(min(top_k, probs.size(-1)), dim=-1)
+        return [[(tok.decode([i]), round(p, 6)) for p, i in zip(ps.tolist(), ix.tolist())]
+                for ps, ix in zip(top.values, top.indices)]
 
 
 def load(path: str | Path, device: str = "cpu") -> LM:

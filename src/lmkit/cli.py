@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train a tokenizer on text files, folders, globs, .jsonl or a built-in corpus.")
     t.add_argument("data", help="file, folder, glob, .jsonl, or built-in corpus (shakespeare, python-stdlib)")
     t.add_argument("--out", required=True, help="output tokenizer.json path")
-    t.add_argument("--type", choices=["bpe", "char"], default="bpe", help="byte-level BPE (default) or characters")
-    t.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (>= 257; default 4096)")
+    t.add_argument("--type", choices=["bpe", "wordpiece", "char"], default="bpe",
+                   help="byte-level BPE (default), WordPiece with BERT's [PAD] [UNK] [CLS] [SEP] [MASK], or characters")
+    t.add_argument("--vocab-size", type=int, default=4096, help="BPE / WordPiece vocabulary size (default 4096)")
     t.add_argument("--text-field", default="text", help="field holding the text in .jsonl rows (default text)")
     t.add_argument("--errors", choices=["strict", "replace"], default="strict", help="bytes that are not UTF-8: fail (default) or replace")
 
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "meta.json, tokenizer.json) with a document-level train/val split.")
     p.add_argument("data", help="file, folder, glob, .jsonl, or built-in corpus (shakespeare, python-stdlib)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tokenizer", default="bpe", help="'bpe', 'char' (trained here) or a tokenizer.json path (default bpe)")
+    p.add_argument("--tokenizer", default="bpe", help="'bpe', 'wordpiece', 'char' (trained here) or a "
+                   "tokenizer.json / vocab.txt path (default bpe)")
     p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size when training BPE (default 4096)")
     p.add_argument("--text-field", default="text", help="field holding the text in .jsonl rows (default text)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents for validation (default 0.1)")
@@ -162,7 +164,107 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["auto", "gpt2", "llama"], default="auto",
                    help="auto picks the format that holds the model's options (default)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    _encoder_commands(sub)
     return ap
+
+
+# ---- BERT, masked LM and classification (issue 3) ---------------------------------------------------
+def _encoder_commands(sub) -> None:
+    p = sub.add_parser("fill-mask", help="predict the tokens behind [MASK] with a BERT run",
+                       description="Print the top-k tokens, with probabilities, for each [MASK] in TEXT.")
+    p.add_argument("run_dir", help="run directory of a BERT model (model.type = bert, objective = mlm)")
+    p.add_argument("text", help='text with one or more [MASK], e.g. "The capital of France is [MASK]."')
+    p.add_argument("--top-k", type=int, default=5, help="how many candidates per [MASK] (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+    p = sub.add_parser("finetune", help="fine-tune a model for a task")
+    fsub = p.add_subparsers(dest="task", metavar="TASK")
+    fsub.required = True
+    f = fsub.add_parser("classify", help="train a text classifier on a labelled csv/tsv/jsonl file",
+                        description="Fine-tune a pretrained model (--base: an lmkit run or a Hugging Face BERT "
+                                    "folder) or train a fresh one (--model) to classify texts. Reports accuracy, "
+                                    "macro-F1 and the confusion matrix on --eval after every epoch and keeps the "
+                                    "best checkpoint in --out.")
+    f.add_argument("--train", required=True, help="labelled training file (.csv, .tsv or .jsonl)")
+    f.add_argument("--eval", required=True, help="labelled evaluation file, same format")
+    f.add_argument("--out", required=True, help="output run directory")
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--base", help="start from this lmkit run or Hugging Face BERT folder")
+    src.add_argument("--model", choices=["bag-of-embeddings", "lstm", "gpt", "bert"], help="train this model from scratch")
+    f.add_argument("--text-field", help="column holding the text (default: found: text, sentence, review, …)")
+    f.add_argument("--label-field", help="column holding the label (default: found: label, sentiment, class, …)")
+    f.add_argument("--epochs", type=int, default=3, help="passes over the training file (default 3)")
+    f.add_argument("--batch-size", type=int, default=32, help="texts per step (default 32)")
+    f.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5 with --base, 1e-3 fresh)")
+    f.add_argument("--max-len", type=int, default=128, help="tokens per text; longer ones are truncated (default 128)")
+    f.add_argument("--pooling", choices=["cls", "mean", "last"], help="default mean for encoders, last for gpt/lstm")
+    f.add_argument("--n-layer", type=int, default=2, help="fresh model: layers (default 2)")
+    f.add_argument("--n-embd", type=int, default=128, help="fresh model: width (default 128)")
+    f.add_argument("--n-head", type=int, default=4, help="fresh model: attention heads (default 4)")
+    f.add_argument("--vocab-size", type=int, default=8000, help="fresh model: WordPiece vocabulary (default 8000)")
+    f.add_argument("--limit", type=int, default=0, help="train on a random subset of this many rows (default all)")
+    f.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (default: per epoch)")
+    f.add_argument("--max-minutes", type=float, default=0, help="stop training after this many minutes")
+    f.add_argument("--seed", type=int, default=1337)
+    f.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    f.add_argument("--overwrite", action="store_true", help="replace a classifier already in --out")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("predict", help="classify texts with a fine-tuned classifier",
+                       description="Print the predicted label and its probability for TEXT, or for every row "
+                                   "of --file (csv/tsv/jsonl; writes --out as jsonl when given).")
+    p.add_argument("run_dir", help="directory written by lmkit finetune classify")
+    p.add_argument("text", nargs="?", help="text to classify")
+    p.add_argument("--file", help="classify every row of this csv/tsv/jsonl file instead")
+    p.add_argument("--text-field", help="column holding the text (default: found)")
+    p.add_argument("--out", help="write predictions to this .jsonl file")
+
+
+def cmd_fill_mask(a) -> None:
+    from .api import load
+    if a.top_k < 1:
+        raise LmkitError(f"--top-k must be >= 1 (got {a.top_k})")
+    for i, candidates in enumerate(load(a.run_dir, device=a.device).fill_mask(a.text, a.top_k)):
+        print(f"[MASK] #{i + 1}:")
+        for token, p in candidates:
+            print(f"  {p:8.4f}  {token}")
+
+
+def cmd_finetune(a) -> None:
+    from .finetune.fit import ClassifyConfig, finetune_classify
+    c = ClassifyConfig(train=a.train, eval=a.eval, out=a.out, base=a.base, model=a.model, text_field=a.text_field,
+                       label_field=a.label_field, epochs=a.epochs, batch_size=a.batch_size,
+                       learning_rate=a.learning_rate, max_len=a.max_len, pooling=a.pooling, n_layer=a.n_layer,
+                       n_head=a.n_head, n_embd=a.n_embd, vocab_size=a.vocab_size, limit=a.limit,
+                       eval_every=a.eval_every, max_minutes=a.max_minutes, seed=a.seed, device=a.device,
+                       overwrite=a.overwrite, progress=not a.quiet)
+    r = finetune_classify(c)
+    print(f"best: epoch {r['best_epoch']} step {r['step']}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} "
+          f"on {a.eval} ({r['wall_s']:.0f} s)")
+    print(f"classifier saved in {r['out_dir']}  (predict: lmkit predict {r['out_dir']} \"some text\")")
+
+
+def cmd_predict(a) -> None:
+    import json
+    from .finetune.classify import load_classifier
+    from .finetune.tabular import read_labeled
+    if (a.text is None) == (a.file is None):
+        raise LmkitError("predict: give a TEXT or --file FILE (not both)")
+    clf = load_classifier(a.run_dir)
+    if a.text is not None:
+        label, p = clf.predict(a.text)
+        print(f"{label}\t{p:.4f}")
+        return
+    data = read_labeled(a.file, a.text_field or None, need_labels=False)
+    results = clf.predict(data.texts)
+    if a.out:
+        from .io import atomic_write_text
+        atomic_write_text(a.out, "".join(json.dumps({"row": r, "text": t, "label": l, "probability": p}) + "\n"
+                                         for r, t, (l, p) in zip(data.rows, data.texts, results)))
+        print(f"wrote {len(results)} predictions to {a.out}")
+    else:
+        for t, (label, p) in zip(data.texts, results):
+            print(f"{label}\t{p:.4f}\t{t}")
 
 
 def _check_sampling(a) -> dict:
@@ -193,7 +295,7 @@ def cmd_prepare(a) -> None:
     from .tokenizer import Tokenizer
     if not 0 < a.val_fraction < 1:
         raise LmkitError(f"--val-fraction must be in (0, 1) (got {a.val_fraction})")
-    if a.tokenizer in ("bpe", "char"):
+    if a.tokenizer in ("bpe", "wordpiece", "char"):
         print(f"training a {a.tokenizer} tokenizer on {a.data} …", flush=True)
         tok = Tokenizer.train((t for _, t in iter_documents(a.data, a.text_field, a.errors)),
                               kind=a.tokenizer, vocab_size=a.vocab_size)
@@ -362,7 +464,8 @@ def cmd_export_hf(a) -> None:
 COMMANDS = {"quickstart": cmd_quickstart, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare,
             "train": cmd_train, "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
             "evaluate": cmd_evaluate, "explain": cmd_explain, "plot": cmd_plot, "quantize": cmd_quantize,
-            "prune": cmd_prune, "export-onnx": cmd_export_onnx, "embed": cmd_embed, "search": cmd_search}
+            "prune": cmd_prune, "export-onnx": cmd_export_onnx, "embed": cmd_embed, "search": cmd_search,
+            "fill-mask": cmd_fill_mask, "finetune": cmd_finetune, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

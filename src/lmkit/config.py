@@ -25,7 +25,9 @@ from .errors import LmkitError
 
 @dataclass
 class ModelConfig:
-    type: Literal["gpt"] = "gpt"  # model family; gpt = decoder-only causal Transformer
+    # model family: gpt = decoder-only causal Transformer; bert = bidirectional encoder (post-LN, masked LM);
+    # lstm = recurrent language model (cell chosen by `rnn`)
+    type: Literal["gpt", "bert", "lstm"] = "gpt"
     vocab_size: int = 0  # 0 = take it from the tokenizer
     block_size: int = 256  # context length in tokens
     n_layer: int = 6
@@ -41,6 +43,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     mlp: Literal["gelu", "gelu_tanh", "swiglu"] = "gelu"  # gelu_tanh = GPT-2's approximation
     tie_embeddings: bool = True  # the output head shares the token-embedding matrix
+    type_vocab_size: int = 2  # bert: segment (token type) embeddings, sentence A / B
+    rnn: Literal["lstm", "gru"] = "lstm"  # lstm: the recurrent cell
 
     @property
     def head_dim(self) -> int:
@@ -62,8 +66,8 @@ class DataConfig:
     # ("shakespeare", "python-stdlib").
     data: str = "shakespeare"
     text_field: str = "text"  # the field that holds the text in .jsonl rows
-    tokenizer: str = "char"  # "char", "bpe", or a path to a tokenizer.json
-    vocab_size: int = 4096  # for tokenizer = "bpe"
+    tokenizer: str = "char"  # "char", "bpe", "wordpiece" (BERT), or a path to a tokenizer.json / vocab.txt
+    vocab_size: int = 4096  # for tokenizer = "bpe" or "wordpiece"
     val_fraction: float = 0.1
     errors: Literal["strict", "replace"] = "strict"  # what to do with bytes that are not UTF-8
 
@@ -93,6 +97,10 @@ class TrainConfig:
     compile: bool = False
     seed: int = 1337
     num_threads: int = 0  # 0 = let torch decide
+    # clm = next-token prediction; mlm = masked LM (BERT): mlm_probability of the tokens are selected,
+    # of those 80% become [MASK], 10% a random token, 10% stay; the loss covers the selected ones only
+    objective: Literal["clm", "mlm"] = "clm"
+    mlm_probability: float = 0.15
 
 
 @dataclass
@@ -240,6 +248,10 @@ def validate(cfg: Config) -> Config:
         need(m.head_dim % 2 == 0, f"rope needs an even head size (n_embd/n_head = {m.head_dim})")
     need(0.0 <= m.dropout < 1.0, f"dropout must be in [0, 1) (got {m.dropout})")
     need(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (got {m.vocab_size})")
+    need(m.type_vocab_size > 0, f"model.type_vocab_size must be positive (got {m.type_vocab_size})")
+    need(0.0 < t.mlm_probability < 1.0, f"mlm_probability must be in (0, 1) (got {t.mlm_probability})")
+    need(t.objective == "mlm" or m.type != "bert", "model.type = 'bert' trains with objective = 'mlm'")
+    need(t.objective == "clm" or m.type == "bert", f"objective = 'mlm' needs model.type = 'bert' (got '{m.type}')")
     need(0.0 < d.val_fraction < 1.0, f"val_fraction must be in (0, 1) (got {d.val_fraction})")
     need(t.max_iters >= 0, f"max_iters must be >= 0 (got {t.max_iters})")
     for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):

@@ -1,27 +1,37 @@
-"""Tokenizers: byte-level BPE (GPT-2 style) and character level, both on Hugging Face `tokenizers`.
+"""Tokenizers: byte-level BPE (GPT-2 style), WordPiece (BERT) and character level, all on Hugging Face
+`tokenizers`.
 
 Byte-level BPE works on the UTF-8 bytes of the text, so encode -> decode gives back any text exactly,
 Chinese and emoji included. The character tokenizer has one token per character seen in training
-(plus specials); characters it never saw become <unk>. Both save as a standard `tokenizer.json`.
+(plus specials); characters it never saw become <unk>. WordPiece lower-cases, splits on whitespace and
+punctuation, and breaks each word into the longest known pieces ("playing" -> "play", "##ing"), with
+BERT's special tokens [PAD] [UNK] [CLS] [SEP] [MASK]; a BERT `vocab.txt` loads as well. All save as a
+standard `tokenizer.json`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from .errors import LmkitError
 
 EOT = "<|endoftext|>"  # separates documents; also the end-of-sequence token for generation
 UNK = "<unk>"
-EOS_NAMES = (EOT, "</s>", "<|end_of_text|>", "<eos>")  # what imported tokenizers call it
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# what marks the end of a document: ours, then the names imported tokenizers use ([SEP] in BERT's)
+EOS_NAMES = (EOT, "</s>", "<|end_of_text|>", "<eos>", "[SEP]")
 
 
 class Tokenizer:
     def __init__(self, hf: HFTokenizer):
         self.hf = hf
+        hf.no_padding()  # a tokenizer.json from elsewhere may pad/truncate; lmkit pads its own batches
+        hf.no_truncation()
         self.eot_id = next((i for i in map(hf.token_to_id, EOS_NAMES) if i is not None), None)
+        self.pad_id, self.cls_id, self.sep_id, self.mask_id = (hf.token_to_id(t) for t in
+                                                               ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
 
     # ---- building ---------------------------------------------------------------------------
     @classmethod
@@ -29,8 +39,10 @@ class Tokenizer:
               special_tokens: tuple[str, ...] = (EOT,), show_progress: bool = False) -> "Tokenizer":
         if kind == "char":
             return cls._train_char(texts, special_tokens)
+        if kind == "wordpiece":
+            return cls._train_wordpiece(texts, vocab_size, show_progress)
         if kind != "bpe":
-            raise LmkitError(f"tokenizer: unknown type '{kind}' (use 'bpe' or 'char')")
+            raise LmkitError(f"tokenizer: unknown type '{kind}' (use 'bpe', 'wordpiece' or 'char')")
         minimum = 256 + len(special_tokens)
         if vocab_size < minimum:
             raise LmkitError(f"tokenizer: vocab_size {vocab_size} is too small: byte-level BPE needs at least "
@@ -58,12 +70,28 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
+    def _train_wordpiece(cls, texts: Iterable[str], vocab_size: int, show_progress: bool) -> "Tokenizer":
+        if vocab_size < 100:
+            raise LmkitError(f"tokenizer: vocab_size {vocab_size} is too small for WordPiece (use >= 100)")
+        hf = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]")))
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS),
+                                            show_progress=show_progress)
+        hf.train_from_iterator(_checked(texts), trainer)
+        return cls(hf)
+
+    @classmethod
     def load(cls, path: str | Path) -> "Tokenizer":
+        """A tokenizer.json (or a folder holding one), or a BERT vocab.txt (lower-casing WordPiece)."""
         path = Path(path)
         if path.is_dir():
-            path = path / "tokenizer.json"
+            path = path / "tokenizer.json" if (path / "tokenizer.json").is_file() else path / "vocab.txt"
         if not path.is_file():
             raise LmkitError(f"{path}: no such tokenizer file")
+        if path.suffix == ".txt":
+            try:
+                return cls(_bert_pipeline(HFTokenizer(models.WordPiece.from_file(str(path), unk_token="[UNK]"))))
+            except Exception as e:
+                raise LmkitError(f"{path}: not a valid WordPiece vocab.txt ({str(e).splitlines()[0]})")
         try:
             return cls(HFTokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises plain Exception on malformed JSON
@@ -81,6 +109,8 @@ class Tokenizer:
 
     @property
     def kind(self) -> str:
+        if isinstance(self.hf.model, models.WordPiece):
+            return "wordpiece"
         return "char" if isinstance(self.hf.model, models.WordLevel) else "bpe"
 
     def encode(self, text: str) -> list[int]:
@@ -93,6 +123,15 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _bert_pipeline(hf: HFTokenizer) -> HFTokenizer:
+    """BERT's uncased text handling around a WordPiece model; specials are matched before lower-casing."""
+    hf.normalizer = normalizers.BertNormalizer(lowercase=True)
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf.decoder = decoders.WordPiece(prefix="##")
+    hf.add_special_tokens([t for t in BERT_SPECIALS if t in hf.get_vocab()] or list(BERT_SPECIALS))
+    return hf
 
 
 def _checked(texts: Iterable[str]) -> Iterator[str]:

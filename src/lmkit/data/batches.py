@@ -1,7 +1,8 @@
-"""Batches for causal language modelling: random windows of block_size+1 tokens from a memmap.
+"""Training batches: random windows of a token memmap, for causal (GPT) or masked (BERT) language modelling.
 
-x = window[:-1], y = window[1:]: the model at position t predicts token t+1. Offsets come from a
-torch.Generator whose state is saved in checkpoints, so a resumed run sees the same batches.
+Causal: windows of block_size+1 tokens; x = window[:-1], y = window[1:]: the model at position t predicts
+token t+1. Offsets (and MLM masks) come from a torch.Generator whose state is saved in checkpoints, so a
+resumed run sees the same batches.
 """
 from __future__ import annotations
 
@@ -30,3 +31,49 @@ class CausalBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+
+class MLMBatches(CausalBatches):
+    """Batches for masked language modelling (BERT): [CLS] + a random window of block_size−1 tokens.
+
+    Each batch draws afresh which positions are selected (probability p, 15% by default; never [CLS]
+    or special tokens); of the selected: 80% become [MASK], 10% a random token, 10% stay as they are.
+    labels hold the original token at selected positions and −100 (ignored by the loss) elsewhere.
+    """
+
+    def __init__(self, tokens: np.memmap, block_size: int, batch_size: int, seed: int, tokenizer,
+                 mlm_probability: float = 0.15, name: str = "train"):
+        super().__init__(tokens, block_size - 1, batch_size, seed, name)
+        if tokenizer.mask_id is None or tokenizer.cls_id is None:
+            raise LmkitError("objective = 'mlm' needs a tokenizer with [CLS] and [MASK] (use tokenizer = 'wordpiece')")
+        self.cls_id, self.mask_id, self.p = tokenizer.cls_id, tokenizer.mask_id, mlm_probability
+        self.vocab_size = tokenizer.vocab_size
+        self.special = torch.tensor(sorted(i for i in (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id,
+                                                       tokenizer.mask_id, tokenizer.hf.token_to_id("[UNK]"))
+                                           if i is not None))
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        window, _ = super().next()  # (B, T−1)
+        x = torch.cat([torch.full((window.size(0), 1), self.cls_id), window], dim=1)  # (B, T)
+        return mask_tokens(x, self.p, self.mask_id, self.vocab_size, self.special, self.generator)
+
+
+def mask_tokens(x: torch.Tensor, p: float, mask_id: int, vocab_size: int, special: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 corruption of ids x (B, T) -> (inputs, labels with −100 where not selected)."""
+    u = torch.rand(x.shape, generator=generator)
+    selected = (u < p) & ~torch.isin(x, special)
+    labels = torch.where(selected, x, torch.full_like(x, -100))
+    r = torch.rand(x.shape, generator=generator)  # which of the three fates
+    random_ids = torch.randint(vocab_size, x.shape, generator=generator)
+    inputs = torch.where(selected & (r < 0.8), torch.full_like(x, mask_id), x)
+    inputs = torch.where(selected & (r >= 0.8) & (r < 0.9), random_ids, inputs)
+    return inputs, labels
+
+
+def make_batches(tokens: np.memmap, cfg, seed: int, tokenizer, name: str = "train") -> CausalBatches:
+    """The batches the training objective needs: next-token windows (clm) or masked windows (mlm)."""
+    t = cfg.train
+    if t.objective == "mlm":
+        return MLMBatches(tokens, cfg.model.block_size, t.batch_size, seed, tokenizer, t.mlm_probability, name)
+    return CausalBatches(tokens, cfg.model.block_size, t.batch_size, seed, name)

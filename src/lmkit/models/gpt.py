@@ -149,6 +149,16 @@ class GPT(nn.Module):
                 last_only: bool = False):
         """idx: (B, T) token ids -> logits (B, T, V) (or (B, 1, V) with last_only), and the mean
         cross-entropy against `targets` (B, T) when given (positions with -100 are ignored)."""
+        x = self.encode(idx, cache)
+        if targets is None:
+            return self.lm_head(x[:, -1:] if last_only else x), None
+        logits = self.lm_head(x)  # (B, T, V)
+        # softmax over the vocabulary and −log p of the target, in fp32 for stability under autocast
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def encode(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids -> final hidden states (B, T, C), after ln_f (what the heads read)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         assert start + T <= self.config.block_size, "sequence longer than block_size"
@@ -165,13 +175,7 @@ class GPT(nn.Module):
             x = block(x, rope, cache, i)
         if cache is not None:
             cache.advance(T)
-        x = self.ln_f(x)
-        if targets is None:
-            return self.lm_head(x[:, -1:] if last_only else x), None
-        logits = self.lm_head(x)  # (B, T, V)
-        # softmax over the vocabulary and −log p of the target, in fp32 for stability under autocast
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return self.ln_f(x)
 
     def make_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> KVCache:
         cfg = self.config

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config, load_json, save_json
-from ..data.batches import CausalBatches
+from ..data.batches import make_batches
 from ..data.shards import is_prepared, load_meta, open_split, prepare
 from ..data.sources import iter_documents
 from ..errors import LmkitError
@@ -80,7 +80,7 @@ def prepare_data(cfg: Config, out_dir: Path, progress: bool = True) -> Path:
         if meta.get("source") == cfg.data.data:
             return data_dir
     d = cfg.data
-    if d.tokenizer in ("char", "bpe"):
+    if d.tokenizer in ("char", "bpe", "wordpiece"):
         if progress:
             print(f"training a {d.tokenizer} tokenizer on {d.data} …", flush=True)
         tok = Tokenizer.train((t for _, t in iter_documents(d.data, d.text_field, d.errors)),
@@ -133,9 +133,9 @@ class Trainer:
                              f"{self.tokenizer.vocab_size}")
         self.model = (init_model if init_model is not None else build_model(cfg.model)).to(self.device)
         self.optimizer = make_optimizer(self.model, t, self.device.type)
-        self.train_batches = CausalBatches(open_split(data_dir, "train"), cfg.model.block_size, t.batch_size, t.seed)
+        self.train_batches = make_batches(open_split(data_dir, "train"), cfg, t.seed, self.tokenizer)
         self.val_tokens = open_split(data_dir, "val")
-        CausalBatches(self.val_tokens, cfg.model.block_size, t.batch_size, 0, name="val")  # size check only
+        make_batches(self.val_tokens, cfg, 0, self.tokenizer, name="val")  # size check only
         self.step = 0
         self.best_val = math.inf
         self.tokens_seen = 0
@@ -177,7 +177,7 @@ class Trainer:
         self.model.eval()
         out = {}
         for split, tokens in (("train", self.train_batches.tokens), ("val", self.val_tokens)):
-            batches = CausalBatches(tokens, self.cfg.model.block_size, self.cfg.train.batch_size, seed=1234, name=split)
+            batches = make_batches(tokens, self.cfg, 1234, self.tokenizer, name=split)
             losses = torch.zeros(self.cfg.train.eval_iters)
             for i in range(self.cfg.train.eval_iters):
                 x, y = batches.next()

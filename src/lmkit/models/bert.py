@@ -1,0 +1,166 @@
+"""BERT: a bidirectional Transformer encoder pretrained as a masked language model (Devlin et al., 2019).
+
+    loss = −(1/|M|) Σ_{i∈M} log P(x_i | x_{\\M})      over the selected positions M only (labels −100 elsewhere)
+
+Architecture as in the paper and in Hugging Face's BertModel, so pretrained weights load unchanged
+(through `hf_bert_to_lmkit`): token + learned position + segment embeddings → LayerNorm; then
+post-LN blocks x = LN(x + Attn(x)); x = LN(x + MLP(x)), where every position attends to every
+non-padding position (no causal mask). The MLM head is dense → GELU → LayerNorm → logits with the
+output matrix tied to the token embedding. Attention runs through `attention.attend`, as in GPT.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from .attention import attend
+from .gpt import MLP, make_norm
+
+
+class SelfAttention(nn.Module):
+    """head_i = softmax(Q_i K_iᵀ / √d_k + padding mask) V_i; output = concat(heads) W_O."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, mask=None):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.qkv(x).split(C, dim=-1))
+        y = attend(q, k, v, causal=False, mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Post-LN residual block (as BERT): x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn, self.ln_1 = SelfAttention(cfg), make_norm(cfg)
+        self.mlp, self.ln_2 = MLP(cfg), make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask=None):
+        x = self.ln_1(x + self.drop(self.attn(x, mask)))
+        return self.ln_2(x + self.mlp(x))
+
+
+class BERT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.vocab_size > 0, "vocab_size must be set from the tokenizer before building the model"
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embeddings
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # learned positions
+        self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd)  # segment (token type) embeddings
+        self.ln_emb = make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        # masked-LM head; the decoder matrix is wte itself (tied), only its bias is separate
+        self.mlm_dense, self.mlm_ln = nn.Linear(cfg.n_embd, cfg.n_embd), make_norm(cfg)
+        self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def encode(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T), attention_mask (B, T) with 1 = real token, 0 = padding -> hidden states (B, T, C)."""
+        B, T = idx.shape
+        assert T <= self.config.block_size, "sequence longer than block_size"
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        x = x + self.wtt(token_type_ids if token_type_ids is not None else torch.zeros_like(idx))
+        x = self.drop(self.ln_emb(x))
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Tk)
+        for block in self.h:
+            x = block(x, mask)
+        return x
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, attention_mask=None,
+                token_type_ids=None):
+        """-> MLM logits (B, T, V) and, given `targets` (B, T) with −100 at unselected positions, the mean
+        cross-entropy over the selected ones."""
+        x = self.encode(idx, attention_mask, token_type_ids)
+        x = self.mlm_ln(F.gelu(self.mlm_dense(x)))
+        logits = F.linear(x, self.wte.weight, self.mlm_bias)  # tied output matrix
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+
+# ---- Hugging Face BertModel / BertForMaskedLM weight names ------------------------------------------
+# the one mapping between the two namings; `{i}` is the layer. q, k and v are fused into attn.qkv.
+HF_BERT_NAMES = {
+    "embeddings.word_embeddings.weight": "wte.weight",
+    "embeddings.position_embeddings.weight": "wpe.weight",
+    "embeddings.token_type_embeddings.weight": "wtt.weight",
+    "embeddings.LayerNorm.{p}": "ln_emb.{p}",
+    "encoder.layer.{i}.attention.output.dense.{p}": "h.{i}.attn.proj.{p}",
+    "encoder.layer.{i}.attention.output.LayerNorm.{p}": "h.{i}.ln_1.{p}",
+    "encoder.layer.{i}.intermediate.dense.{p}": "h.{i}.mlp.fc.{p}",
+    "encoder.layer.{i}.output.dense.{p}": "h.{i}.mlp.proj.{p}",
+    "encoder.layer.{i}.output.LayerNorm.{p}": "h.{i}.ln_2.{p}",
+    "cls.predictions.transform.dense.{p}": "mlm_dense.{p}",
+    "cls.predictions.transform.LayerNorm.{p}": "mlm_ln.{p}",
+    "cls.predictions.bias": "mlm_bias",
+}
+HF_IGNORED = re.compile(r"(pooler\.|embeddings\.position_ids|cls\.predictions\.decoder\.|cls\.seq_relationship)")
+_QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
+
+
+def _pattern(hf_name: str) -> re.Pattern:
+    return re.compile("^" + re.escape(hf_name).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)") + "$")
+
+
+_PATTERNS = [(_pattern(k), v) for k, v in HF_BERT_NAMES.items()]
+
+
+def hf_bert_to_lmkit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face BERT state dict (with or without a `bert.` prefix) to lmkit's BERT names.
+    Unknown names raise KeyError; the pooler and next-sentence head are dropped (lmkit does not use them)."""
+    out, qkv = {}, {}
+    for name, tensor in state.items():
+        name = name.removeprefix("bert.")
+        if HF_IGNORED.match(name):
+            continue
+        if m := _QKV.match(name):
+            qkv.setdefault((int(m[1]), m[3]), {})[m[2]] = tensor
+            continue
+        for pattern, target in _PATTERNS:
+            if m := pattern.match(name):
+                out[target.format(**m.groupdict())] = tensor
+                break
+        else:
+            raise KeyError(name)
+    for (i, p), parts in qkv.items():
+        out[f"h.{i}.attn.qkv.{p}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return out
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    """A ModelConfig from a Hugging Face BERT config.json."""
+    return ModelConfig(type="bert", vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
+                       n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
+                       mlp_hidden=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-12),
+                       type_vocab_size=hf.get("type_vocab_size", 2), mlp="gelu", bias=True, pos="learned",
+                       dropout=hf.get("hidden_dropout_prob", 0.1))
+
+
+__all__ = ["BERT", "hf_bert_to_lmkit", "config_from_hf", "HF_BERT_NAMES"]

@@ -1,0 +1,71 @@
+"""A recurrent language model (LSTM or GRU), for comparison with the Transformer on the same data.
+
+    h_t = RNN(h_{t−1}, E x_t);   P(x_{t+1} | x_≤t) = softmax(W h_t)
+
+Embedding → `n_layer` stacked LSTM/GRU layers of width n_embd → LayerNorm → output head tied to the
+embedding. It speaks GPT's interface, forward(idx, targets, cache, last_only), so the same Trainer
+trains it and the same `generate` samples it: the "cache" is the recurrent state.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+
+
+class RNNState:
+    """The recurrent state carried between generation steps; setting pos = 0 starts over (as KVCache)."""
+
+    def __init__(self):
+        self.state, self._pos = None, 0
+
+    @property
+    def pos(self) -> int:
+        return self._pos
+
+    @pos.setter
+    def pos(self, value: int) -> None:
+        if value == 0:
+            self.state = None
+        self._pos = value
+
+
+class RNNLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.vocab_size > 0, "vocab_size must be set from the tokenizer before building the model"
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        cell = nn.LSTM if cfg.rnn == "lstm" else nn.GRU
+        self.rnn = cell(cfg.n_embd, cfg.n_embd, num_layers=cfg.n_layer, batch_first=True,
+                        dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying, as in GPT
+        nn.init.normal_(self.wte.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def encode(self, idx: torch.Tensor, cache: RNNState | None = None) -> torch.Tensor:
+        """idx (B, T) -> hidden states (B, T, C), continuing from (and updating) `cache` when given."""
+        x, state = self.rnn(self.drop(self.wte(idx)), cache.state if cache is not None else None)
+        if cache is not None:
+            cache.state = state
+            cache.pos += idx.size(1)
+        return self.ln_f(self.drop(x))
+
+    def forward(self, idx, targets=None, cache: RNNState | None = None, last_only: bool = False):
+        x = self.encode(idx, cache)
+        if targets is None:
+            return self.lm_head(x[:, -1:] if last_only else x), None
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    def make_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> RNNState:
+        return RNNState()

