@@ -25,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -117,6 +119,22 @@ def launch(nproc: int, train_args: list[str]) -> None:
         raise LmkitError(f"torchrun: the job stopped with exit code {rc}; the failing rank's message is above")
 
 
+def is_comm_failure(d: Dist, e: BaseException) -> bool:
+    """A collective failed: a peer died (gloo: connection reset/closed) or went silent past dist_timeout."""
+    if not d.enabled:
+        return False
+    if isinstance(e, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(e)
+    return any(w in text for w in ("gloo", "NCCL", "Connection reset", "Connection closed", "Timed out"))
+
+
+def short_reason(e: BaseException) -> str:
+    """'Connection reset by peer' out of '[…/pair.cc:537] Read error [127.0.0.1]:17330: Connection reset by peer. …'."""
+    line = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    return line.split(". ")[0][:200]
+
+
 def teardown(d: Dist) -> None:
     if d.enabled and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -201,7 +219,9 @@ def load_checkpoint(model: nn.Module, optimizer, out_dir: Path, step: int) -> No
         saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
         if any(k.startswith("optim.") for k in saved):
             state["optim"] = get_optimizer_state_dict(model, optimizer)
-        dcp.load(state, checkpoint_id=path)
+        with warnings.catch_warnings():  # in one plain process DCP says it assumes one process: it is right
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            dcp.load(state, checkpoint_id=path)
     except Exception as e:  # DCP wraps reader errors in several types
         raise LmkitError(f"{path}: cannot read the distributed checkpoint ({str(e).splitlines()[0][:160]})")
     if int(state["step"]) != step:

@@ -159,6 +159,7 @@ class Trainer:
             "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
             "rng": rng_state if rng_state is not None else torch.get_rng_state(),
             "batches": batches_state or self.train_batches.state_dict(),
+            "global_batch": self.cfg.train.batch_size * self.cfg.train.gradient_accumulation_steps * self.dist.world_size,
         }
         if not self.dist.enabled:  # under torchrun the optimizer state lives in train_state/ (DCP)
             state["optimizer"] = self.optimizer.state_dict()
@@ -191,6 +192,10 @@ class Trainer:
                                  f"(step {state['step']}) disagree; the checkpoint is incomplete")
             self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        now = self.cfg.train.batch_size * self.cfg.train.gradient_accumulation_steps * self.dist.world_size
+        if "global_batch" in state and state["global_batch"] != now and self.progress:
+            print(f"note: the global batch was {state['global_batch']} sequences per step and is now {now} "
+                  f"(batch_size × gradient_accumulation_steps × ranks); set batch_size to keep it", flush=True)
         if self.dist.rank:
             torch.manual_seed(self.cfg.train.seed + self.dist.rank + state["step"])
         self.train_batches.load_state_dict(state["batches"])
@@ -297,6 +302,12 @@ class Trainer:
             self.save(step_batches, step_rng)
             print(f"\ninterrupted: checkpoint saved at step {self.step} in {self.out_dir} "
                   f"(continue with --resume)", flush=True)
+        except RuntimeError as e:
+            if not distributed.is_comm_failure(self.dist, e):
+                raise
+            raise LmkitError(f"rank {self.dist.rank}: lost contact with the other ranks at step {self.step} "
+                             f"({distributed.short_reason(e)}); the job stops (the first rank to fail is named "
+                             f"by torchrun; dist_timeout = {t.dist_timeout:g} s)") from None
         finally:
             bar.close()
             metrics.close()
