@@ -99,7 +99,8 @@ def run(label, nproc, overrides, work) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(launcher + me, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     recs = [json.loads(l) for l in open(out / "metrics.jsonl")]
-    steps = [r for r in recs if "tok_per_s" in r][1:]  # the first interval includes warm-up
+    steps = [r for r in recs if "tok_per_s" in r]
+    steps = steps[1:] or steps  # the first interval includes warm-up
     ranks = [json.loads(f.read_text()) for f in sorted(stats.glob("rank*.json"))]
     return {"tps": sum(r["tok_per_s"] for r in steps) / len(steps), "ranks": ranks}
 
@@ -111,6 +112,7 @@ def mib(b: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--part", choices=["all", "scaling", "memory"], default="all", help="which table to measure")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--stats", help=argparse.SUPPRESS)
     ap.add_argument("--set", dest="overrides", nargs="+", default=[])
@@ -125,6 +127,13 @@ def main() -> None:
     text = DATA.read_text(encoding="utf-8")
     prepare(str(DATA), work / "data", Tokenizer.train([text], kind="char"), 0.1, progress=False)
     common = [f"data={work / 'data'}", "dtype=float32", "eval_iters=2", f"log_interval={max(1, a.iters // 6)}"]
+    if a.part in ("all", "scaling"):
+        scaling(a, work, common)
+    if a.part in ("all", "memory"):
+        memory(work, common)
+
+
+def scaling(a, work: Path, common: list[str]) -> None:
     small = common + SMALL + [f"max_iters={a.iters}", f"eval_interval={a.iters}"]
     global_batch = 16
     rows, runs = [], [("1 process, 1 thread", 1, "none", 1), ("1 process, 2 threads", 1, "none", 2),
@@ -156,7 +165,11 @@ def main() -> None:
                  f"The 2 cores were shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end); "
                  "tokens/s count training steps only.")
 
-    large = common + LARGE + ["max_iters=4", "eval_interval=4", "eval_iters=1", "batch_size=2", "num_threads=1"]
+
+
+def memory(work: Path, common: list[str]) -> None:
+    large = common + LARGE + ["max_iters=4", "eval_interval=4", "eval_iters=1", "batch_size=2", "num_threads=1",
+                              "log_interval=1"]
     rows = []
     for label, nproc, parallel in (("1 process", 1, "none"), ("DDP, 2 ranks", 2, "ddp"), ("FSDP2, 2 ranks", 2, "fsdp")):
         r = run("mem " + label, nproc, large + [f"parallel={parallel}"], work)

@@ -88,6 +88,9 @@ def launched_by_torchrun() -> bool:
 def setup(cfg: TrainConfig, device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group when torchrun started us; one plain process stays as it always was."""
     if not launched_by_torchrun():
+        if cfg.parallel != "none":
+            print(f"note: parallel = {cfg.parallel!r} takes effect under torchrun (lmkit train --nproc N); "
+                  "training in one process", flush=True)
         return Dist(), device
     world = int(os.environ["WORLD_SIZE"])
     mode = cfg.parallel if cfg.parallel != "none" else ("ddp" if world > 1 else "none")
