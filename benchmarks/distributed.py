@@ -169,7 +169,7 @@ def scaling(a, work: Path, common: list[str]) -> None:
 
 def memory(work: Path, common: list[str]) -> None:
     large = common + LARGE + ["max_iters=4", "eval_interval=4", "eval_iters=1", "batch_size=2", "num_threads=1",
-                              "log_interval=1"]
+                              "log_interval=1", "checkpoint_interval=1000"]  # no step-0 checkpoint in the RSS
     rows = []
     for label, nproc, parallel in (("1 process", 1, "none"), ("DDP, 2 ranks", 2, "ddp"), ("FSDP2, 2 ranks", 2, "fsdp")):
         r = run("mem " + label, nproc, large + [f"parallel={parallel}"], work)
@@ -183,7 +183,8 @@ def memory(work: Path, common: list[str]) -> None:
             "RSS MiB/rank at the last step"], rows,
            notes="Parameter and Adam-state bytes are measured from the tensors each rank holds after training "
                  "(DTensor local shards for FSDP2); gradients are counted as one more copy of the parameters. "
-                 "RSS (resident memory when the last step starts) includes the ~0.4 GiB torch runtime.")
+                 "RSS = resident memory when the last step starts (no checkpoint written before it), including "
+                 "the ~0.4 GiB torch runtime and, for DDP, its gradient buckets (one more copy of the gradients).")
 
 
 if __name__ == "__main__":
