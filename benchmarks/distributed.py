@@ -44,7 +44,10 @@ def worker(a) -> None:
             continue
 
         def counting(*args, _real=real, _kind=kind, **kw):
-            full = kw.get("output", args[0] if args else None) if _kind == "all-gather" else kw.get("input", args[1] if len(args) > 1 else None)
+            if _kind == "all-gather":  # the gathered (full) output
+                full = kw["output"] if "output" in kw else args[0]
+            else:  # the full input that is reduced and scattered
+                full = kw["input"] if "input" in kw else args[1]
             sent[_kind] += full.numel() * full.element_size()
             return _real(*args, **kw)
         setattr(dist, name, counting)
@@ -84,7 +87,8 @@ def worker(a) -> None:
         t = t.to_local() if hasattr(t, "to_local") else t
         return t.numel() * t.element_size()
     params = sum(local_bytes(p) for p in tr.model.parameters())
-    optim = sum(local_bytes(v) for s in tr.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
+    optim = sum(local_bytes(v) for s in tr.optimizer.state.values() for v in s.values()
+                if torch.is_tensor(v) and v.dim())  # exp_avg, exp_avg_sq (not the scalar step)
     out = {"comm_per_step": per_step, "param_bytes": params, "optim_bytes": optim,
            "n_params": sum(p.numel() for p in tr.model.parameters()),
            "rss": marks["rss"]}
@@ -177,7 +181,7 @@ def memory(work: Path, common: list[str]) -> None:
         r = run("mem " + label, nproc, large + [f"parallel={parallel}"], work)
         rk = r["ranks"]
         state = max(x["param_bytes"] * 2 + x["optim_bytes"] for x in rk)  # params + grads + Adam moments
-        rows.append([label, rk[0]["n_params"] and f"{rk[0]['n_params'] / 1e6:.1f} M", mib(max(x["param_bytes"] for x in rk)),
+        rows.append([label, f"{rk[0]['n_params'] / 1e6:.1f} M", mib(max(x["param_bytes"] for x in rk)),
                      mib(max(x["optim_bytes"] for x in rk)), mib(state), mib(max(x["rss"] for x in rk))])
         print(f"{label}: state {mib(state)} MiB per rank", flush=True)
     report("distributed: memory per rank, 8 layers × 512 dims, block 64, micro-batch 2 (CPU, gloo)",

@@ -133,7 +133,8 @@ def is_comm_failure(d: Dist, e: BaseException) -> bool:
 
 
 def short_reason(e: BaseException) -> str:
-    """'Connection reset by peer' out of '[…/pair.cc:537] Read error [127.0.0.1]:17330: Connection reset by peer. …'."""
+    """The first sentence of a backend error without its source location:
+    '[…/pair.cc:537] Read error [127.0.0.1]:17330: Connection reset by peer. …' → 'Read error …: Connection reset by peer'."""
     line = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     return line.split(". ")[0][:200]
 
@@ -156,6 +157,9 @@ def wrap(model: nn.Module, d: Dist, cfg: TrainConfig, device: torch.device) -> n
     if d.mode == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+        if cfg.fsdp_cpu_offload and device.type != "cuda":
+            raise LmkitError(f"fsdp_cpu_offload = true needs CUDA ranks (these train on {device.type}, whose "
+                             "parameters already live in CPU memory); set it to false")
         kwargs = {"mesh": init_device_mesh(device.type, (d.world_size,))}
         if cfg.fsdp_mixed_precision != "none":  # compute in bf16/fp16, reduce gradients in fp32
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.fsdp_mixed_precision),
@@ -233,3 +237,12 @@ def load_checkpoint(model: nn.Module, optimizer, out_dir: Path, step: int) -> No
     set_model_state_dict(model, state["model"])
     if "optim" in state:
         set_optimizer_state_dict(model, optimizer, state["optim"])
+
+
+def load_full_state(model: nn.Module, optimizer, plain: nn.Module, plain_optimizer) -> None:
+    """Shard the state of an unwrapped model and optimizer (a one-process checkpoint) into `model`."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, plain.state_dict(), options=full)
+    set_optimizer_state_dict(model, optimizer, get_optimizer_state_dict(plain, plain_optimizer), options=full)

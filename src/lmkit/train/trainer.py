@@ -153,13 +153,18 @@ class Trainer:
             self.tokenizer.save(self.out_dir / "tokenizer.json")
         self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
 
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step: micro-batch × accumulation × ranks."""
+        return self.cfg.train.batch_size * self.cfg.train.gradient_accumulation_steps * self.dist.world_size
+
     # ---- checkpoints ------------------------------------------------------------------------------
     def _state(self, batches_state=None, rng_state=None) -> dict:
         state = {
             "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
             "rng": rng_state if rng_state is not None else torch.get_rng_state(),
             "batches": batches_state or self.train_batches.state_dict(),
-            "global_batch": self.cfg.train.batch_size * self.cfg.train.gradient_accumulation_steps * self.dist.world_size,
+            "global_batch": self.global_batch,
         }
         if not self.dist.enabled:  # under torchrun the optimizer state lives in train_state/ (DCP)
             state["optimizer"] = self.optimizer.state_dict()
@@ -182,24 +187,29 @@ class Trainer:
         state = load_train_state(self.out_dir / "train_state.pt")
         if "optimizer" not in state:  # written under torchrun: any world size, or one process
             distributed.load_checkpoint(self.model, self.optimizer, self.out_dir, state["step"])
-        elif self.dist.mode == "fsdp":
-            raise LmkitError(f"{self.out_dir}: was saved by one process; resume it with parallel = \"ddp\" "
-                             "(or in one process), then switch to fsdp at its next checkpoint")
-        else:  # one process wrote it; under DDP every rank reads the same file into its replica
-            weights_step = load_weights(self.model, self.out_dir / "model.safetensors")
-            if weights_step != state["step"]:
-                raise LmkitError(f"{self.out_dir}: model.safetensors (step {weights_step}) and train_state.pt "
-                                 f"(step {state['step']}) disagree; the checkpoint is incomplete")
-            self.optimizer.load_state_dict(state["optimizer"])
+        elif self.dist.mode == "fsdp":  # written by one process: load a plain copy, then shard it
+            plain = build_model(self.cfg.model)
+            plain_optimizer = make_optimizer(plain, self.cfg.train, "cpu")
+            self._load_single_process(state, plain, plain_optimizer)
+            distributed.load_full_state(self.model, self.optimizer, plain, plain_optimizer)
+        else:  # written by one process; under DDP every rank reads the same file into its replica
+            self._load_single_process(state, self.model, self.optimizer)
         torch.set_rng_state(state["rng"])
-        now = self.cfg.train.batch_size * self.cfg.train.gradient_accumulation_steps * self.dist.world_size
-        if "global_batch" in state and state["global_batch"] != now and self.progress:
-            print(f"note: the global batch was {state['global_batch']} sequences per step and is now {now} "
+        if state.get("global_batch", self.global_batch) != self.global_batch and self.progress:
+            print(f"note: the global batch was {state['global_batch']} sequences per step and is now "
+                  f"{self.global_batch} "
                   f"(batch_size × gradient_accumulation_steps × ranks); set batch_size to keep it", flush=True)
         if self.dist.rank:
             torch.manual_seed(self.cfg.train.seed + self.dist.rank + state["step"])
         self.train_batches.load_state_dict(state["batches"])
         self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val"]
+
+    def _load_single_process(self, state: dict, model, optimizer) -> None:
+        weights_step = load_weights(model, self.out_dir / "model.safetensors")
+        if weights_step != state["step"]:
+            raise LmkitError(f"{self.out_dir}: model.safetensors (step {weights_step}) and train_state.pt "
+                             f"(step {state['step']}) disagree; the checkpoint is incomplete")
+        optimizer.load_state_dict(state["optimizer"])
 
     # ---- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -224,7 +234,7 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         t = self.cfg.train
-        global_batch = t.batch_size * t.gradient_accumulation_steps * self.dist.world_size  # sequences per step
+        global_batch = self.global_batch
         tokens_per_step = global_batch * self.cfg.model.block_size
         if self.dist.enabled and self.progress:
             print(f"{self.dist.mode} on {self.dist.world_size} ranks: global batch = {t.batch_size} (micro-batch) × "
