@@ -163,3 +163,13 @@ def test_a_dead_rank_stops_the_job_with_a_clear_message(setup, tmp_path):
     assert r.returncode != 0
     assert "error: rank 0: lost contact with the other ranks at step 3" in r.stderr, r.stderr[-3000:]
     assert "exitcode  : 3" in r.stderr  # torchrun names the rank that died first
+
+
+def test_launcher_and_parallel_outside_torchrun(setup, tmp_path, capsys):
+    base, cfg, one = setup
+    from lmkit.cli import main
+    assert main(["train", str(cfg), "--nproc", "0"]) == 2
+    assert "error: --nproc must be >= 1 (got 0)" in capsys.readouterr().err
+    # without torchrun `parallel` does not apply: one process trains, and says so
+    lmkit.train(cfg, overrides=[f"out_dir={tmp_path / 'r'}", "parallel=fsdp", "max_iters=1"], progress=False)
+    assert "parallel = 'fsdp' takes effect under torchrun" in capsys.readouterr().out
