@@ -47,7 +47,7 @@ dist_timeout = 20
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def runs(tmp_path_factory):
     """Prepared data, a config with micro-batch 2 per rank, and 1-process runs with batch 4 to match:
     20 steps, and 30 steps straight through (the same schedule, lr_decay_iters = 30)."""
     base = tmp_path_factory.mktemp("dist")
@@ -63,15 +63,15 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fsdp_run(setup):
-    base, cfg, one = setup
+def fsdp_run(runs):
+    base, cfg, one = runs
     r = _run(["train", str(cfg), "--set", f"out_dir={base / 'fsdp'}", "parallel=fsdp"])
     assert r.returncode == 0, r.stderr[-3000:]
     return base / "fsdp", r.stdout
 
 
-def _run(args, timeout=90, script=None, env=None):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+def _run(args, timeout=90, script=None, env=None, launcher_flags=()):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *launcher_flags]
     cmd = launcher + ([script] if script else ["-m", "lmkit"]) + args
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
@@ -107,8 +107,8 @@ def test_rank_slices_of_one_draw_are_the_batch_of_one_process():
         assert not torch.equal(parts[0][0], parts[1][0])
 
 
-def test_ddp_two_ranks_match_one_process_with_twice_the_batch(setup, tmp_path):
-    base, cfg, one = setup
+def test_ddp_two_ranks_match_one_process_with_twice_the_batch(runs, tmp_path):
+    base, cfg, one = runs
     # `lmkit train --nproc 2` launches torchrun; parallel = none under torchrun means ddp
     r = subprocess.run([sys.executable, "-m", "lmkit", "train", str(cfg), "--nproc", "2", "--quiet",
                         "--set", f"out_dir={tmp_path / 'ddp'}"], capture_output=True, text=True, timeout=90,
@@ -118,15 +118,15 @@ def test_ddp_two_ranks_match_one_process_with_twice_the_batch(setup, tmp_path):
     _check_same_run(tmp_path / "ddp", one, 1e-5)
 
 
-def test_fsdp_two_ranks_match_one_process_with_twice_the_batch(setup, fsdp_run):
-    base, cfg, one = setup
+def test_fsdp_two_ranks_match_one_process_with_twice_the_batch(runs, fsdp_run):
+    base, cfg, one = runs
     run, stdout = fsdp_run
     assert "fsdp on 2 ranks: global batch = 2 (micro-batch) × 2 (accumulation) × 2 (ranks) = 8 sequences" in stdout
     _check_same_run(run, one, 1e-4)
 
 
-def test_save_on_two_ranks_resume_on_one(setup, fsdp_run, tmp_path):
-    base, cfg, one = setup
+def test_save_on_two_ranks_resume_on_one(runs, fsdp_run, tmp_path):
+    base, cfg, one = runs
     run = tmp_path / "run"
     shutil.copytree(fsdp_run[0], run)
     assert (run / "train_state" / ".metadata").is_file()  # sharded model + optimizer (DCP)
@@ -153,20 +153,23 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_dead_rank_stops_the_job_with_a_clear_message(setup, tmp_path):
-    base, cfg, one = setup
+def test_a_dead_rank_stops_the_job_with_a_clear_message(runs, tmp_path):
+    base, cfg, one = runs
     script = tmp_path / "faulty.py"
     script.write_text(FAULT)
     t0 = time.perf_counter()
-    r = _run(["train", str(cfg), "--quiet", "--set", f"out_dir={tmp_path / 'run'}"], script=str(script))
+    # torchrun looks at its workers every 2 s here (default 0.1 s), so that under a loaded CPU rank 0 has
+    # surely noticed the broken connection and printed its message before torchrun stops it
+    r = _run(["train", str(cfg), "--quiet", "--set", f"out_dir={tmp_path / 'run'}"], script=str(script),
+             launcher_flags=("--monitor-interval", "2"))
     assert time.perf_counter() - t0 < 60
     assert r.returncode != 0
     assert "error: rank 0: lost contact with the other ranks at step 3" in r.stderr, r.stderr[-3000:]
     assert "exitcode  : 3" in r.stderr  # torchrun names the rank that died first
 
 
-def test_launcher_and_parallel_outside_torchrun(setup, tmp_path, capsys):
-    base, cfg, one = setup
+def test_launcher_and_parallel_outside_torchrun(runs, tmp_path, capsys):
+    base, cfg, one = runs
     from lmkit.cli import main
     assert main(["train", str(cfg), "--nproc", "0"]) == 2
     assert "error: --nproc must be >= 1 (got 0)" in capsys.readouterr().err
