@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in out_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="launch N processes on this machine with torchrun (parallel = ddp unless the config says "
+                        "fsdp); see docs/distributed.md")
 
     p = sub.add_parser("generate", help="generate text from a trained run",
                        description="Continue a prompt with a trained model, streaming the text as it comes.")
@@ -321,7 +325,14 @@ def cmd_train(a) -> None:
         cfg = validate(apply(load_json(Path(out) / "config.json"), parse_overrides(a.overrides), "--set"))
     else:
         cfg = load_config(a.config, a.overrides)
+    if a.nproc is not None:
+        from .train.distributed import launch
+        launch(a.nproc, ([a.config] if a.config else []) + (["--set", *a.overrides] if a.overrides else []) +
+               [f for f, on in (("--resume", a.resume), ("--overwrite", a.overwrite), ("--quiet", a.quiet)) if on])
+        return
     result = Trainer(cfg, resume=a.resume, overwrite=a.overwrite, progress=not a.quiet).fit()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 reports
+        return
     print(f"step {result.step}: val loss {result.val_loss:.4f}, train loss {result.train_loss:.4f}, "
           f"{result.tokens_per_s:,.0f} tokens/s, {result.wall_s:.0f} s")
     print(f"run directory: {result.out_dir}  (loss curve: {result.out_dir / 'loss.png'})")

@@ -101,6 +101,13 @@ class TrainConfig:
     # of those 80% become [MASK], 10% a random token, 10% stay; the loss covers the selected ones only
     objective: Literal["clm", "mlm"] = "clm"
     mlm_probability: float = 0.15
+    # several processes (launched by torchrun; see docs/distributed.md): "ddp" = DistributedDataParallel,
+    # "fsdp" = FSDP2 fully_shard per block then the root. "none" trains one process; under torchrun with
+    # more than one rank it means "ddp", since unwrapped ranks would drift apart.
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    fsdp_mixed_precision: Literal["none", "bfloat16", "float16"] = "none"  # FSDP2 parameter dtype in compute
+    fsdp_cpu_offload: bool = False  # FSDP2 keeps sharded parameters, gradients and optimizer state in CPU memory
+    dist_timeout: float = 600.0  # seconds a rank waits in a collective before the job stops with an error
 
 
 @dataclass
@@ -259,6 +266,7 @@ def validate(cfg: Config) -> Config:
     need(t.learning_rate > 0, f"learning_rate must be positive (got {t.learning_rate})")
     need(0 <= t.min_lr <= t.learning_rate, f"min_lr must be in [0, learning_rate] (got {t.min_lr})")
     need(t.warmup_iters >= 0 and t.lr_decay_iters >= 0, "warmup_iters and lr_decay_iters must be >= 0")
+    need(t.dist_timeout > 0, f"dist_timeout must be positive (got {t.dist_timeout})")
     return cfg
 
 

@@ -3,6 +3,11 @@
 Causal: windows of block_size+1 tokens; x = window[:-1], y = window[1:]: the model at position t predicts
 token t+1. Offsets (and MLM masks) come from a torch.Generator whose state is saved in checkpoints, so a
 resumed run sees the same batches.
+
+Under data parallelism every rank holds the same generator and draws the offsets of the whole global
+batch (batch_size × world_size windows); rank r keeps rows [r·batch_size, (r+1)·batch_size). The ranks'
+data are disjoint slices of one draw, so 2 ranks × batch b see exactly the batches of 1 process × 2b,
+and a checkpoint resumes on any world size.
 """
 from __future__ import annotations
 
@@ -13,16 +18,20 @@ from ..errors import LmkitError
 
 
 class CausalBatches:
-    def __init__(self, tokens: np.memmap, block_size: int, batch_size: int, seed: int, name: str = "train"):
+    def __init__(self, tokens: np.memmap, block_size: int, batch_size: int, seed: int, name: str = "train",
+                 rank: int = 0, world_size: int = 1):
         if len(tokens) < block_size + 2:
             raise LmkitError(f"{name} split has {len(tokens)} tokens, fewer than block_size+2 = {block_size + 2}; "
                              "use more data or a smaller block_size")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
         self._arange = np.arange(block_size + 1)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.tokens) - self.block_size - 1, (self.batch_size,), generator=self.generator)
+        starts = torch.randint(len(self.tokens) - self.block_size - 1, (self.batch_size * self.world_size,),
+                               generator=self.generator)
+        starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]  # this rank's slice
         window = torch.from_numpy(self.tokens[starts.numpy()[:, None] + self._arange].astype(np.int64))  # (B, T+1)
         return window[:, :-1], window[:, 1:]
 
@@ -42,8 +51,8 @@ class MLMBatches(CausalBatches):
     """
 
     def __init__(self, tokens: np.memmap, block_size: int, batch_size: int, seed: int, tokenizer,
-                 mlm_probability: float = 0.15, name: str = "train"):
-        super().__init__(tokens, block_size - 1, batch_size, seed, name)
+                 mlm_probability: float = 0.15, name: str = "train", rank: int = 0, world_size: int = 1):
+        super().__init__(tokens, block_size - 1, batch_size, seed, name, rank, world_size)
         if tokenizer.mask_id is None or tokenizer.cls_id is None:
             raise LmkitError("objective = 'mlm' needs a tokenizer with [CLS] and [MASK] (use tokenizer = 'wordpiece')")
         self.cls_id, self.mask_id, self.p = tokenizer.cls_id, tokenizer.mask_id, mlm_probability
@@ -71,9 +80,11 @@ def mask_tokens(x: torch.Tensor, p: float, mask_id: int, vocab_size: int, specia
     return inputs, labels
 
 
-def make_batches(tokens: np.memmap, cfg, seed: int, tokenizer, name: str = "train") -> CausalBatches:
+def make_batches(tokens: np.memmap, cfg, seed: int, tokenizer, name: str = "train", rank: int = 0,
+                 world_size: int = 1) -> CausalBatches:
     """The batches the training objective needs: next-token windows (clm) or masked windows (mlm)."""
     t = cfg.train
     if t.objective == "mlm":
-        return MLMBatches(tokens, cfg.model.block_size, t.batch_size, seed, tokenizer, t.mlm_probability, name)
-    return CausalBatches(tokens, cfg.model.block_size, t.batch_size, seed, name)
+        return MLMBatches(tokens, cfg.model.block_size, t.batch_size, seed, tokenizer, t.mlm_probability, name,
+                          rank, world_size)
+    return CausalBatches(tokens, cfg.model.block_size, t.batch_size, seed, name, rank, world_size)

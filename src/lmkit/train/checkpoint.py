@@ -5,6 +5,8 @@
     model.safetensors  weights (metadata: step)
     train_state.pt     optimizer, step, RNG and data-sampler state (tensors and numbers only,
                        read back with torch.load(weights_only=True))
+    train_state/       under torchrun: model and optimizer shards (torch.distributed.checkpoint);
+                       train_state.pt then holds no optimizer
     metrics.jsonl      one JSON line per log / eval
     loss.png           the loss curve
 
@@ -30,7 +32,7 @@ def is_run(path: str | Path) -> bool:
 
 
 def holds_run(path: str | Path) -> bool:
-    return any((Path(path) / f).exists() for f in ("config.json", "model.safetensors", "train_state.pt"))
+    return any((Path(path) / f).exists() for f in ("config.json", "model.safetensors", "train_state.pt", "train_state"))
 
 
 def clear_run(path: str | Path) -> None:
@@ -38,6 +40,8 @@ def clear_run(path: str | Path) -> None:
     path = Path(path)
     for f in RUN_FILES:
         (path / f).unlink(missing_ok=True)
+    if (path / "train_state" / ".metadata").is_file():
+        shutil.rmtree(path / "train_state")
     if (path / "data" / "meta.json").is_file():
         shutil.rmtree(path / "data")
 

@@ -4,6 +4,8 @@ Each step: learning rate from the schedule → `gradient_accumulation_steps` mic
 forward (under autocast when asked) and backward → gradient clipping → AdamW step. Every
 `eval_interval` steps: validation loss, a checkpoint, metrics.jsonl and loss.png.
 Ctrl-C saves a checkpoint before leaving; `resume=True` continues from the last one exactly.
+Under torchrun the same loop runs on every rank; `distributed.py` wraps the model (DDP / FSDP2) and
+only rank 0 shows progress and writes logs, plots and the run directory's single files.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..data.sources import iter_documents
 from ..errors import LmkitError
 from ..models import build_model
 from ..tokenizer import Tokenizer
+from . import distributed
 from .checkpoint import (clear_run, holds_run, load_train_state, load_weights, save_train_state,
                          save_weights)
 from .optim import lr_at, make_optimizer
@@ -101,7 +104,9 @@ class Trainer:
         `after_step(model)`: called after every optimizer step (e.g. to keep pruned weights at zero)."""
         t = cfg.train
         self.after_step = after_step
-        self.cfg, self.progress = cfg, progress
+        self.cfg = cfg
+        self.dist, self.device = distributed.setup(t, pick_device(t.device))
+        self.progress = progress and self.dist.is_main
         self.out_dir = Path(t.out_dir)
         if resume:
             if not holds_run(self.out_dir):
@@ -115,25 +120,32 @@ class Trainer:
             if not overwrite:
                 raise LmkitError(f"{self.out_dir}: already holds a run (use --resume to continue it "
                                  "or --overwrite to replace it)")
-            clear_run(self.out_dir)
+            self.dist.barrier()  # every rank has looked before rank 0 clears
+            if self.dist.is_main:
+                clear_run(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        self.device = pick_device(t.device)
         self.dtype = resolve_dtype(t.dtype, self.device)
         torch.manual_seed(t.seed)
 
-        data_dir = prepare_data(cfg, self.out_dir, progress)
+        with self.dist.main_first():
+            data_dir = prepare_data(cfg, self.out_dir, self.progress)
         self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = self.tokenizer.vocab_size
         elif cfg.model.vocab_size < self.tokenizer.vocab_size:
             raise LmkitError(f"config: vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
                              f"{self.tokenizer.vocab_size}")
+        # the same initial weights on every rank (or the weights handed in, for fine-tuning)
         self.model = (init_model if init_model is not None else build_model(cfg.model)).to(self.device)
+        self.wrapped = distributed.wrap(self.model, self.dist, t, self.device)
+        if self.dist.rank:
+            torch.manual_seed(t.seed + self.dist.rank)  # other dropout masks on other ranks
         self.optimizer = make_optimizer(self.model, t, self.device.type)
-        self.train_batches = make_batches(open_split(data_dir, "train"), cfg, t.seed, self.tokenizer)
+        self.train_batches = make_batches(open_split(data_dir, "train"), cfg, t.seed, self.tokenizer,
+                                          rank=self.dist.rank, world_size=self.dist.world_size)
         self.val_tokens = open_split(data_dir, "val")
         make_batches(self.val_tokens, cfg, 0, self.tokenizer, name="val")  # size check only
         self.step = 0
@@ -141,58 +153,99 @@ class Trainer:
         self.tokens_seen = 0
         if resume:
             self._load_state()
-        else:
+        elif self.dist.is_main:
             save_json(cfg, self.out_dir / "config.json")
             self.tokenizer.save(self.out_dir / "tokenizer.json")
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step: micro-batch × accumulation × ranks."""
+        return self.cfg.train.batch_size * self.cfg.train.gradient_accumulation_steps * self.dist.world_size
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def _state(self, batches_state=None, rng_state=None) -> dict:
-        return {
+        state = {
             "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
-            "optimizer": self.optimizer.state_dict(),
             "rng": rng_state if rng_state is not None else torch.get_rng_state(),
             "batches": batches_state or self.train_batches.state_dict(),
+            "global_batch": self.global_batch,
         }
+        if not self.dist.enabled:  # under torchrun the optimizer state lives in train_state/ (DCP)
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def save(self, batches_state=None, rng_state=None) -> None:
+        if self.dist.enabled:
+            def export(full_state: dict) -> None:
+                plain = build_model(self.cfg.model)
+                plain.load_state_dict(full_state)
+                save_weights(plain, self.out_dir / "model.safetensors", self.step)
+            distributed.save_checkpoint(self.dist, self.model, self.optimizer, self.out_dir, self.step, export)
+            if self.dist.is_main:
+                save_train_state(self._state(batches_state, rng_state), self.out_dir / "train_state.pt")
+            return
         save_weights(self.model, self.out_dir / "model.safetensors", self.step)
         save_train_state(self._state(batches_state, rng_state), self.out_dir / "train_state.pt")
 
     def _load_state(self) -> None:
         state = load_train_state(self.out_dir / "train_state.pt")
-        weights_step = load_weights(self.model, self.out_dir / "model.safetensors")
+        if "optimizer" not in state:  # written under torchrun: any world size, or one process
+            distributed.load_checkpoint(self.model, self.optimizer, self.out_dir, state["step"])
+        elif self.dist.mode == "fsdp":  # written by one process: load a plain copy, then shard it
+            plain = build_model(self.cfg.model)
+            plain_optimizer = make_optimizer(plain, self.cfg.train, "cpu")
+            self._load_single_process(state, plain, plain_optimizer)
+            distributed.load_full_state(self.model, self.optimizer, plain, plain_optimizer)
+        else:  # written by one process; under DDP every rank reads the same file into its replica
+            self._load_single_process(state, self.model, self.optimizer)
+        torch.set_rng_state(state["rng"])
+        if state.get("global_batch", self.global_batch) != self.global_batch and self.progress:
+            print(f"note: the global batch was {state['global_batch']} sequences per step and is now "
+                  f"{self.global_batch} "
+                  f"(batch_size × gradient_accumulation_steps × ranks); set batch_size to keep it", flush=True)
+        if self.dist.rank:
+            torch.manual_seed(self.cfg.train.seed + self.dist.rank + state["step"])
+        self.train_batches.load_state_dict(state["batches"])
+        self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val"]
+
+    def _load_single_process(self, state: dict, model, optimizer) -> None:
+        weights_step = load_weights(model, self.out_dir / "model.safetensors")
         if weights_step != state["step"]:
             raise LmkitError(f"{self.out_dir}: model.safetensors (step {weights_step}) and train_state.pt "
                              f"(step {state['step']}) disagree; the checkpoint is incomplete")
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        self.train_batches.load_state_dict(state["batches"])
-        self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val"]
+        optimizer.load_state_dict(state["optimizer"])
 
     # ---- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean loss over `eval_iters` batches of each split, drawn with a fixed seed so evals compare."""
+        """Mean loss over `eval_iters` batches of each split, drawn with a fixed seed so evals compare
+        (under torchrun each rank takes its slice of every global batch and the means are averaged)."""
         self.model.eval()
         out = {}
         for split, tokens in (("train", self.train_batches.tokens), ("val", self.val_tokens)):
-            batches = make_batches(tokens, self.cfg, 1234, self.tokenizer, name=split)
+            batches = make_batches(tokens, self.cfg, 1234, self.tokenizer, name=split, rank=self.dist.rank,
+                                   world_size=self.dist.world_size)
             losses = torch.zeros(self.cfg.train.eval_iters)
             for i in range(self.cfg.train.eval_iters):
                 x, y = batches.next()
                 with autocast_ctx(self.device, self.dtype):
                     _, loss = self.forward(x.to(self.device), y.to(self.device))
                 losses[i] = loss.item()
-            out[split] = losses.mean().item()
+            out[split] = self.dist.mean(losses.mean())
         self.model.train()
         return out
 
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         t = self.cfg.train
-        tokens_per_step = t.batch_size * t.gradient_accumulation_steps * self.cfg.model.block_size
-        metrics = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        global_batch = self.global_batch
+        tokens_per_step = global_batch * self.cfg.model.block_size
+        if self.dist.enabled and self.progress:
+            print(f"{self.dist.mode} on {self.dist.world_size} ranks: global batch = {t.batch_size} (micro-batch) × "
+                  f"{t.gradient_accumulation_steps} (accumulation) × {self.dist.world_size} (ranks) = {global_batch} "
+                  f"sequences = {tokens_per_step:,} tokens per step", flush=True)
+        metrics = open(self.out_dir / "metrics.jsonl" if self.dist.is_main else os.devnull, "a", encoding="utf-8")
         bar = tqdm(total=t.max_iters, initial=self.step, desc="training", unit="it", disable=not self.progress,
                    dynamic_ncols=True)
         history, last = [], {"val": math.nan, "train": math.nan}
@@ -217,8 +270,9 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_val:.4f}", val=f"{last['val']:.4f}", refresh=False)
                     if self.step >= t.max_iters or not t.checkpoint_interval:
                         self.save()
-                    from ..viz import plot_loss
-                    plot_loss(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
+                    if self.dist.is_main:
+                        from ..viz import plot_loss
+                        plot_loss(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
                     log_t0, timed_tokens = time.perf_counter(), 0  # tokens/s counts training time only
                 if self.step >= t.max_iters:
                     break
@@ -228,12 +282,13 @@ class Trainer:
                 lr = lr_at(self.step, t)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                for _ in range(t.gradient_accumulation_steps):
+                for micro in range(t.gradient_accumulation_steps):
                     x, y = self.train_batches.next()
                     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    with autocast_ctx(self.device, self.dtype):
-                        _, loss = self.forward(x, y)
-                    (loss / t.gradient_accumulation_steps).backward()
+                    with distributed.gradient_sync(self.dist, self.wrapped, micro == t.gradient_accumulation_steps - 1):
+                        with autocast_ctx(self.device, self.dtype):
+                            _, loss = self.forward(x, y)
+                        (loss / t.gradient_accumulation_steps).backward()
                 if t.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
                 self.optimizer.step()
@@ -245,7 +300,7 @@ class Trainer:
                 timed_tokens += tokens_per_step
                 bar.update(1)
                 if self.step % t.log_interval == 0 or self.step == t.max_iters:
-                    loss_val = loss.item()  # the one host sync per log interval
+                    loss_val = self.dist.mean(loss)  # the one host sync per log interval
                     now = time.perf_counter()
                     tps = timed_tokens / (now - log_t0)
                     log({"step": self.step, "loss": loss_val, "lr": lr, "tokens": self.tokens_seen,
@@ -254,6 +309,8 @@ class Trainer:
                                     refresh=False)
                     log_t0, timed_tokens = now, 0
         except KeyboardInterrupt:
+            if self.dist.enabled:  # ranks stop at different points: no collective save; resume from the last one
+                raise
             interrupted = True
             bar.close()
             # weights change only inside optimizer.step(); save the sampler/RNG state of the step's start
@@ -262,10 +319,17 @@ class Trainer:
             self.save(step_batches, step_rng)
             print(f"\ninterrupted: checkpoint saved at step {self.step} in {self.out_dir} "
                   f"(continue with --resume)", flush=True)
+        except RuntimeError as e:
+            if not distributed.is_comm_failure(self.dist, e):
+                raise
+            raise LmkitError(f"rank {self.dist.rank}: lost contact with the other ranks at step {self.step} "
+                             f"({distributed.short_reason(e)}); the job stops (the first rank to fail is named "
+                             f"by torchrun; dist_timeout = {t.dist_timeout:g} s)") from None
         finally:
             bar.close()
             metrics.close()
         wall = time.perf_counter() - t0
+        distributed.teardown(self.dist)
         train_records = [h for h in history if "tok_per_s" in h]
         tps = sum(h["tok_per_s"] for h in train_records) / len(train_records) if train_records else 0.0
         return TrainResult(self.out_dir, self.step, last["val"], last["train"], tps, wall, interrupted, history)
