@@ -174,3 +174,26 @@ def test_api_batches_stops_and_streams(trained_run):
     cut = full[3:6]  # a stop string in the middle of the greedy text ends it just before
     assert lm.generate("To be", max_new_tokens=25, temperature=0, stop=[cut]) == full[:full.index(cut)]
     assert lm.beam_search("To be", num_beams=1, max_new_tokens=10) == full[:10]
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 2, 0)], ids=["shorter-joins", "longer-joins"])
+def test_a_request_joining_a_running_batch_gets_its_own_greedy_tokens(order):
+    model = small(pos="rope")
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0)
+    prompts = [PROMPTS[i] for i in order]
+    dec = Decoder(model, prompts[:2], cfg)
+    out = {0: [], 1: [], 2: []}
+    for _ in range(4):
+        tokens = dec.step().tokens.tolist()
+        out[0].append(tokens[0]), out[1].append(tokens[1])
+    late = Decoder(model, [prompts[2]], cfg)
+    out[2].append(late.step().tokens[0].item())
+    tokens = dec.step().tokens.tolist()
+    out[0].append(tokens[0]), out[1].append(tokens[1])
+    dec.merge(late)
+    for _ in range(5):
+        tokens = dec.step().tokens.tolist()
+        for row in range(3):
+            out[row].append(tokens[row])
+    for row in range(3):
+        assert out[row] == alone(model, prompts[row], cfg)[:len(out[row])], row

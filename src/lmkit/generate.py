@@ -247,6 +247,35 @@ class Decoder:
         self.padded = not bool(self.mask.all())
 
 
+    def merge(self, other: "Decoder", pad_id: int = 0) -> None:
+        """Append the rows of `other`, which has also just stepped, so both decode as one batch from now
+        on (the server's scheduler lets new requests join this way). The narrower side gets columns of
+        padding on the left; both caches move into one, right-aligned. Needs caches and no sliding yet."""
+        a, b = self, other
+        assert a.cache is not None and b.cache is not None and a.fresh == b.fresh == 1
+        assert a.cache.pos == a.idx.size(1) - 1 and b.cache.pos == b.idx.size(1) - 1, "merge after sliding"
+        C = max(a.idx.size(1), b.idx.size(1))
+        wide = lambda t, value: torch.nn.functional.pad(t, (C - t.size(1), 0), value=value)
+        cache = self.model.make_cache(a.batch_size + b.batch_size, self.block)
+        for d, rows in ((a, slice(0, a.batch_size)), (b, slice(a.batch_size, None))):
+            n = d.cache.pos
+            cache.k[:, rows, :, C - 1 - n:C - 1] = d.cache.k[:, :, :, :n]
+            cache.v[:, rows, :, C - 1 - n:C - 1] = d.cache.v[:, :, :, :n]
+        cache.pos = C - 1
+        self.cache = cache
+        self.idx = torch.cat([wide(a.idx, pad_id), wide(b.idx, pad_id)])
+        self.mask = torch.cat([wide(a.mask, False), wide(b.mask, False)])
+        self.padded = not bool(self.mask.all())
+        for name, dtype in (("counts", torch.float32), ("seen", torch.bool)):
+            x, y = getattr(a, name), getattr(b, name)
+            if x is not None or y is not None:
+                zeros = lambda d: torch.zeros(d.batch_size, self.model.config.vocab_size, dtype=dtype, device=self.device)
+                setattr(self, name, torch.cat([x if x is not None else zeros(a), y if y is not None else zeros(b)]))
+        self.cfgs, self.generators = a.cfgs + b.cfgs, a.generators + b.generators
+        wants = [w for w in (a.want_logprobs, b.want_logprobs) if w is not None]
+        self.want_logprobs = max(wants) if wants else None
+
+
 def fit_to_context(ids: list[int], block_size: int, truncate: bool) -> list[int]:
     """A prompt longer than the context fails with a clear message, or keeps its last block_size tokens."""
     if len(ids) <= block_size:
