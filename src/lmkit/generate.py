@@ -380,7 +380,7 @@ class RowText:
     def push(self, row: int, step: Step, i: int) -> Piece:
         tok = int(step.tokens[i])
         piece = Piece(row, "", tok)
-        if step.logprobs is not None:
+        if step.logprobs is not None and self.cfg.logprobs is not None:  # others in the batch may ask
             piece.logprob = float(step.logprobs[i])
             if step.top_ids is not None and self.cfg.logprobs:
                 k = self.cfg.logprobs
