@@ -1,4 +1,5 @@
 """The OpenAI-compatible server, driven by the official `openai` client against a live server on 127.0.0.1."""
+import concurrent.futures
 import contextlib
 import json
 import socket
@@ -153,8 +154,7 @@ def test_api_key_is_required(lm):
         assert httpx.get(url + "/").status_code == 200  # the page itself holds no data
 
 
-def test_concurrent_requests_share_batches_and_a_disconnect_frees_the_slot(base_url, lm):
-    import concurrent.futures
+def test_concurrent_streams_give_single_request_outputs(base_url, lm):
     model = lm.path.name
     prompts = ["To be", "T", "床前明月", "or not", "that is the", "q"]
     expected = [lm.generate(p, max_new_tokens=15, temperature=0) for p in prompts]
@@ -167,12 +167,23 @@ def test_concurrent_requests_share_batches_and_a_disconnect_frees_the_slot(base_
         assert list(pool.map(one, prompts)) == expected
 
 
-def test_a_client_that_disconnects_frees_its_slot_at_once(trained_run):
+def test_concurrent_requests_are_batched_and_a_disconnect_frees_the_slot(trained_run, lm):
     slow = lmkit.load(trained_run)
     forward = slow.model.forward
     slow.model.forward = lambda *a, **k: (time.sleep(0.05), forward(*a, **k))[1]  # 25 tokens take > 1.2 s
     app = create_app(slow)
     with live_server(app) as url:
+        prompts = ["To be", "T", "床前明月", "that is the"]
+        expected = [lm.generate(p, max_new_tokens=8, temperature=0) for p in prompts]
+
+        def one(p):
+            c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+            return "".join(ch.choices[0].text for ch in c.completions.create(
+                model=slow.path.name, prompt=p, max_tokens=8, temperature=0, stream=True) if ch.choices)
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            assert list(pool.map(one, prompts)) == expected
+        assert app.state.scheduler.peak_rows >= 3  # they were decoded together
+        app.state.scheduler.steps = 0
         body = {"model": slow.path.name, "prompt": "To", "max_tokens": 25, "stream": True, "temperature": 0}
         with httpx.stream("POST", url + "/v1/completions", json=body) as r:
             for line in r.iter_lines():
@@ -183,3 +194,41 @@ def test_a_client_that_disconnects_frees_its_slot_at_once(trained_run):
             time.sleep(0.02)
         assert app.state.scheduler.active_rows == 0
         assert app.state.scheduler.steps < 15  # dropped long before its 25 tokens
+
+
+def test_cli_serve_chat_and_generate_flags(trained_run, tmp_path, capsys, monkeypatch):
+    import io
+    import subprocess
+    import sys
+    from lmkit.cli import main
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", str(trained_run), "--port", str(port),
+                             "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, status = time.time() + 60, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": "Bearer k"}).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert status and status["status"] == "ok", proc.stderr.read() if proc.poll() is not None else "no answer"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert main(["serve", str(tmp_path), "--port", "8000"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["serve", str(trained_run), "--port", "70000"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("To be\n/reset\n床前\n/quit\n"))
+    assert main(["chat", str(trained_run), "--temperature", "0", "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model> ") == 2 and "(conversation cleared)" in out
+    assert main(["generate", str(trained_run), "--prompt", "To be", "--temperature", "0", "--max-new-tokens", "8",
+                 "--beams", "1"]) == 0
+    assert capsys.readouterr().out == "To be" + lmkit.load(trained_run).generate("To be", max_new_tokens=8,
+                                                                                  temperature=0) + "\n"
+    assert main(["generate", str(trained_run), "--min-p", "2"]) == 2
+    assert "min_p must be in [0, 1] (got 2.0)" in capsys.readouterr().err
+    assert main(["generate", str(trained_run), "--prompt", "To be, or not to be, that is the question."]) == 2
+    assert "prompt is 42 tokens" in capsys.readouterr().err

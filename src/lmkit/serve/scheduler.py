@@ -47,7 +47,7 @@ class Scheduler:
         self.waiting: list[Job] = []
         self.live: list[tuple[Job, int, RowText]] = []  # one entry per batch row
         self.decoder: Decoder | None = None
-        self.steps = 0
+        self.steps, self.peak_rows = 0, 0  # decoding steps run, the most rows decoded together
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lmkit-scheduler", daemon=True)
 
@@ -117,6 +117,7 @@ class Scheduler:
                 self.decoder.merge(newcomers, pad_id=eos or 0)
                 self.live = self.live + new_live
         self.steps += 1
+        self.peak_rows = max(self.peak_rows, len(self.live))
         keep = [b for b, (job, _, text) in enumerate(self.live) if text.finish_reason is None and not job.cancelled]
         if len(keep) < len(self.live):
             self.live = [self.live[b] for b in keep]
