@@ -1,6 +1,6 @@
 """Load test of `lmkit serve` on loopback: C concurrent streaming clients × R requests each, greedy.
 
-Trains a small character-level GPT on tiny-shakespeare for a minute (or takes --run), starts
+Trains a small character-level GPT on tiny-shakespeare briefly (or takes --run), starts
 `lmkit serve` in a subprocess on 127.0.0.1, and checks every streamed reply against the engine's
 single-request output. Reports requests/s, generated tokens/s, p50/p95 latency and time to first token,
 next to the same requests sent one at a time (the batching speed-up, measured in this run).
@@ -31,8 +31,8 @@ DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 def train_small_model(out: Path) -> Path:
     import lmkit
-    cfg = lmkit.load_config(None, [f"data={DATA}", "tokenizer=char", "n_layer=4", "n_head=4", "n_embd=128",
-                                   "block_size=128", "batch_size=16", "max_iters=300", "eval_interval=300",
+    cfg = lmkit.load_config(None, [f"data={DATA}", "tokenizer=char", "n_layer=3", "n_head=4", "n_embd=96",
+                                   "block_size=112", "batch_size=8", "max_iters=150", "eval_interval=150",
                                    "eval_iters=5", "learning_rate=2e-3", "min_lr=2e-4", "warmup_iters=20",
                                    "pos=rope", "norm=rmsnorm", "bias=false", "dtype=float32", f"out_dir={out}"])
     return lmkit.train(cfg, progress=False).out_dir

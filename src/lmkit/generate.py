@@ -170,8 +170,8 @@ class Decoder:
         self.counts = torch.zeros(B, V, device=device) if any(penalised) else None
         self.seen = None
         if any(c.repetition_penalty != 1 for c in self.cfgs):
-            self.seen = torch.zeros(B, V, dtype=torch.bool, device=device)
-            self.seen.scatter_(1, self.idx, self.mask)
+            in_prompt = torch.zeros(B, V, device=device).scatter_add_(1, self.idx, self.mask.float())
+            self.seen = in_prompt > 0  # padding ids do not count
         self.want_logprobs = max((c.logprobs for c in self.cfgs if c.logprobs is not None), default=None)
 
     @property

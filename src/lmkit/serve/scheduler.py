@@ -47,6 +47,7 @@ class Scheduler:
         self.waiting: list[Job] = []
         self.live: list[tuple[Job, int, RowText]] = []  # one entry per batch row
         self.decoder: Decoder | None = None
+        self._admitted: list[Job] = []  # admitted this iteration, not yet in `live`
         self.steps, self.peak_rows = 0, 0  # decoding steps run, the most rows decoded together
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lmkit-scheduler", daemon=True)
@@ -74,9 +75,9 @@ class Scheduler:
             try:
                 self._iteration()
             except Exception as e:  # a bug must not kill the server: fail the requests in flight, go on
-                for job in {id(j): j for j, _, _ in self.live}.values():
+                for job in {id(j): j for j in [j for j, _, _ in self.live] + self._admitted}.values():
                     job.emit(e)
-                self.live, self.decoder = [], None
+                self.live, self.decoder, self._admitted = [], None, []
 
     def _admit(self) -> list[Job]:
         try:
@@ -98,7 +99,7 @@ class Scheduler:
 
     @torch.no_grad()
     def _iteration(self) -> None:
-        new_jobs = self._admit()
+        new_jobs = self._admitted = self._admit()
         newcomers, new_live = None, []
         eos = self.tokenizer.eot_id
         if new_jobs:
