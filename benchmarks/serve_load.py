@@ -5,7 +5,7 @@ Trains a small character-level GPT on tiny-shakespeare briefly (or takes --run),
 single-request output. Reports requests/s, generated tokens/s, p50/p95 latency and time to first token,
 next to the same requests sent one at a time (the batching speed-up, measured in this run).
 
-    python benchmarks/serve_load.py [--clients 32] [--requests 3] [--max-tokens 48] [--run RUN_DIR]
+    python benchmarks/serve_load.py [--clients 32] [--requests 3] [--max-tokens 48] [--run RUN_DIR] [--threads 1]
 """
 from __future__ import annotations
 
@@ -70,8 +70,13 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--sequential", type=int, default=8, help="requests sent one at a time for the baseline")
     ap.add_argument("--run", default=None, help="serve this run directory instead of training one")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in the server and for the references (default 1: the clients need a core)")
     a = ap.parse_args()
+    import torch
+
     import lmkit
+    torch.set_num_threads(a.threads)
     run = Path(a.run) if a.run else train_small_model(Path(tempfile.mkdtemp(prefix="lmkit-load-")) / "run")
     lm = lmkit.load(run)
     lines = [l for l in DATA.read_text(encoding="utf-8").splitlines() if 8 < len(l) < 60]
@@ -85,7 +90,7 @@ def main() -> None:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", str(run), "--port", str(port),
-                               "--max-batch", str(a.clients)], cwd=ROOT)
+                               "--max-batch", str(a.clients), "--threads", str(a.threads)], cwd=ROOT)
     try:
         deadline = time.time() + 120
         while True:
@@ -139,7 +144,7 @@ def main() -> None:
            ["clients", "requests", "greedy = single-request", "requests/s", "tokens/s", "p50 latency s",
             "p95 latency s", "p50 first token s", "wall s"], rows,
            notes=f"Batching speed-up in tokens/s: {(tokens / wall) / (seq_tokens / seq_wall):.1f}×. "
-                 f"Server and clients on one 2-core machine (loopback).")
+                 f"Server ({a.threads} torch thread) and clients on one 2-core machine shared with other jobs (loopback).")
     if n_ok != len(results):
         sys.exit(f"{len(results) - n_ok} replies differ from the single-request output")
 

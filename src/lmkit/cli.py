@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     p.add_argument("--max-batch", type=int, default=32, help="most sequences decoded together (default 32)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for decoding (default 0 = torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
     p = sub.add_parser("chat", help="chat with a run in the terminal, replies streamed",
@@ -229,6 +230,11 @@ def cmd_serve(a) -> None:
         raise LmkitError(f"--port must be in 1..65535 (got {a.port})")
     if a.max_batch < 1:
         raise LmkitError(f"--max-batch must be >= 1 (got {a.max_batch})")
+    if a.threads < 0:
+        raise LmkitError(f"--threads must be >= 0 (got {a.threads})")
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
     serve(a.run_dir, host=a.host, port=a.port, api_key=a.api_key, device=a.device, max_batch=a.max_batch)
 
 
