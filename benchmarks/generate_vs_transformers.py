@@ -5,7 +5,7 @@ Builds one GPT-2 configuration (~10M parameters) in both libraries, copies lmkit
 16-token prompt at batch 1 and batch 8, float32 on the CPU. Reports tokens/s (new tokens of all rows
 ÷ wall time), time to first token, and the speed-up, all measured in this run.
 
-    python benchmarks/generate_vs_transformers.py [--new-tokens 256] [--repeats 2]
+    python benchmarks/generate_vs_transformers.py [--new-tokens 256] [--repeats 2] [--threads N]
 """
 from __future__ import annotations
 
@@ -74,7 +74,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2, help="best of this many runs per setting")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = torch's choice)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = build_model(ModelConfig(**SHAPE, mlp="gelu_tanh")).eval()
     hf = hf_twin(model)
