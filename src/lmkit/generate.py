@@ -259,6 +259,8 @@ class Decoder:
         cache = self.model.make_cache(a.batch_size + b.batch_size, self.block)
         for d, rows in ((a, slice(0, a.batch_size)), (b, slice(a.batch_size, None))):
             n = d.cache.pos
+            cache.k[:, rows, :, :C - 1 - n].zero_()  # padding keys: masked, but must be finite (0 · NaN = NaN)
+            cache.v[:, rows, :, :C - 1 - n].zero_()
             cache.k[:, rows, :, C - 1 - n:C - 1] = d.cache.k[:, :, :, :n]
             cache.v[:, rows, :, C - 1 - n:C - 1] = d.cache.v[:, :, :, :n]
         cache.pos = C - 1
