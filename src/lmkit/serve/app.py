@@ -28,7 +28,7 @@ from ..errors import LmkitError
 from ..generate import SamplingConfig
 from .responses import ChoiceBuilder, chunk, completion_body
 from .scheduler import Scheduler
-from .schemas import ChatRequest, CompletionRequest, _Sampling
+from .schemas import ChatRequest, CompletionRequest, SamplingFields
 from .template import chat_prompt
 
 MAX_BODY_BYTES = 1 << 20
@@ -152,7 +152,7 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
         return await _respond(req, rows, "chat.completion", request)
 
     # ---- helpers ------------------------------------------------------------------------------------
-    def _rows(req: _Sampling, prompts: list[list[int]], max_tokens, logprobs, stops):
+    def _rows(req: SamplingFields, prompts: list[list[int]], max_tokens, logprobs, stops):
         if req.model != model_id:
             raise ApiError(404, f"model '{req.model}' does not exist; this server has '{model_id}'",
                            param="model", code="model_not_found")
@@ -175,7 +175,7 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
             rows += [(ids, cfg)] * req.n  # the n rows of a prompt share one config: seeds seed, seed+1, …
         return rows
 
-    async def _respond(req: _Sampling, rows, kind: str, request: Request):
+    async def _respond(req: SamplingFields, rows, kind: str, request: Request):
         builder = ChoiceBuilder(lm.tokenizer, kind, model_id, f"{'chatcmpl' if kind != 'text_completion' else 'cmpl'}-"
                                 f"{uuid.uuid4().hex[:24]}", int(time.time()), len(rows))
         if all(cfg.max_new_tokens == 0 for _, cfg in rows):
