@@ -149,6 +149,14 @@ def test_sampling_config_errors():
         sampling_config(temperature=-1)
     with pytest.raises(LmkitError, match="unknown sampling option 'top_n'"):
         sampling_config(top_n=3)
+    with pytest.raises(LmkitError, match=r"seed must be in \[0, 2\*\*62\)"):
+        sampling_config(seed=2**64)
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    model = small()
+    assert alone(model, [1, 2], SamplingConfig(max_new_tokens=8, temperature=1e-30, seed=0)) == \
+        alone(model, [1, 2], SamplingConfig(max_new_tokens=8, temperature=0))
 
 
 def test_beam_search_one_beam_is_greedy_and_many_beams_are_exact():

@@ -117,6 +117,8 @@ def test_invalid_requests_get_openai_errors_and_the_server_keeps_serving(client,
         (dict(top_p=1.5), 400, "top_p"),
         (dict(max_tokens="many"), 400, "max_tokens"),
         (dict(n=0), 400, "n"),
+        (dict(seed=2**64), 400, "seed"),
+        (dict(stop=[1, 2]), 400, "stop"),
         (dict(model="gpt-4"), 404, "gpt-4"),
         (dict(prompt="x" * 40), 400, "context"),
     ]

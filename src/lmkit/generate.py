@@ -22,11 +22,14 @@ import torch
 
 from .errors import LmkitError
 
+GREEDY_BELOW = 1e-4  # temperatures under this are greedy (logits / 1e-30 would overflow to inf)
+MAX_SEED = 2**62
+
 
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 = greedy
+    temperature: float = 0.8  # 0 = greedy (as is anything below GREEDY_BELOW)
     top_k: int | None = 200  # None or 0 = off
     top_p: float | None = None  # nucleus mass in (0, 1]
     min_p: float | None = None  # keep tokens with p >= min_p * p_max
@@ -60,6 +63,8 @@ class SamplingConfig:
                 bad(name, "in [-2, 2]")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             bad("logprobs", "in [0, 20]")
+        if self.seed is not None and not 0 <= self.seed < MAX_SEED:
+            bad("seed", "in [0, 2**62)")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(s for s in self.stop if s)
@@ -96,7 +101,7 @@ def process_logits(logits: torch.Tensor, cfgs: Sequence[SamplingConfig], counts:
         logits = logits - counts * _per_row(cfgs, "frequency_penalty", 0.0, device) \
             - (counts > 0) * _per_row(cfgs, "presence_penalty", 0.0, device)
     temperature = _per_row(cfgs, "temperature", 1.0, device)
-    logits = logits / torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+    logits = logits / torch.where(temperature >= GREEDY_BELOW, temperature, torch.ones_like(temperature))
     V = logits.size(-1)
     top_k = [c.top_k if c.top_k and c.top_k < V else V for c in cfgs]
     top_p = _per_row(cfgs, "top_p", 1.0, device)
@@ -116,10 +121,8 @@ def process_logits(logits: torch.Tensor, cfgs: Sequence[SamplingConfig], counts:
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     """logits (B, V) -> next token ids (B,), every row with the same config and generator."""
-    if cfg.temperature == 0 and cfg.repetition_penalty == 1 and not cfg.frequency_penalty and not cfg.presence_penalty:
-        return logits.argmax(dim=-1)
     logits = process_logits(logits, [cfg] * logits.size(0), None, None)
-    if cfg.temperature == 0:
+    if cfg.temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
@@ -202,12 +205,12 @@ class Decoder:
 
     def _draw(self, logits: torch.Tensor) -> torch.Tensor:
         simple = self.counts is None and self.seen is None
-        if simple and all(c.temperature == 0 for c in self.cfgs):
+        if simple and all(c.temperature < GREEDY_BELOW for c in self.cfgs):
             return logits.argmax(dim=-1)
         logits = process_logits(logits, self.cfgs, self.counts, self.seen)
         probs = logits.softmax(dim=-1)
         greedy = logits.argmax(dim=-1)
-        draws = [greedy[i] if c.temperature == 0 else
+        draws = [greedy[i] if c.temperature < GREEDY_BELOW else
                  torch.multinomial(probs[i], 1, generator=self.generators[i])[0] for i, c in enumerate(self.cfgs)]
         return torch.stack(draws)
 
