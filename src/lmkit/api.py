@@ -9,7 +9,7 @@ import torch
 
 from .config import load_json
 from .errors import LmkitError
-from .generate import SamplingConfig, TextStream, generate_ids
+from .generate import sampling_config, stream_pieces
 from .models import build_model
 from .tokenizer import Tokenizer
 from .train.checkpoint import load_weights
@@ -35,35 +35,39 @@ class LM:
             raise LmkitError(f"{self.path}: a BERT encoder does not generate text; use fill-mask")
 
     def stream(self, prompt: str = "", **sampling) -> Iterator[str]:
-        """Yield the continuation of `prompt` piece by piece as it is generated."""
+        """Yield the continuation of `prompt` piece by piece as it is generated (options: SamplingConfig)."""
         self._check_generates()
-        cfg = SamplingConfig(**sampling)
-        out = TextStream(self.tokenizer)
-        idx = torch.tensor([self.encode_prompt(prompt)])
-        for nxt in generate_ids(self.model, idx, cfg, eos_id=self.tokenizer.eot_id):
-            if cfg.stop_at_eos and int(nxt[0]) == self.tokenizer.eot_id:
-                break
-            piece = out.push(int(nxt[0]))
-            if piece:
-                yield piece
-        tail = out.flush()
-        if tail:
-            yield tail
+        cfg = sampling_config(**sampling)
+        for piece in stream_pieces(self.model, self.tokenizer, [self.encode_prompt(prompt)], cfg):
+            if piece.text:
+                yield piece.text
 
-    def generate(self, prompt: str = "", num_samples: int = 1, **sampling) -> str | list[str]:
-        """Continue `prompt`; returns the new text (a list of `num_samples` texts when > 1)."""
+    def generate(self, prompt: str | list[str] = "", num_samples: int = 1, **sampling) -> str | list[str]:
+        """Continue `prompt`; returns the new text. A list of prompts (of any lengths) runs as one batch and
+        returns a list; `num_samples` > 1 returns that many continuations per prompt (a list, or a list of
+        lists). Sampling options are the fields of `lmkit.generate.SamplingConfig`."""
         self._check_generates()
-        cfg = SamplingConfig(**sampling)
-        prompt_ids = self.encode_prompt(prompt)
-        idx = torch.tensor([prompt_ids] * num_samples)
-        steps = list(generate_ids(self.model, idx, cfg, eos_id=self.tokenizer.eot_id))
-        texts = []
-        new = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(num_samples)]
-        for row in new:
-            if cfg.stop_at_eos and self.tokenizer.eot_id in row:
-                row = row[:row.index(self.tokenizer.eot_id)]
-            texts.append(self.tokenizer.decode(row))
-        return texts[0] if num_samples == 1 else texts
+        cfg = sampling_config(**sampling)
+        if num_samples < 1:
+            raise LmkitError(f"num_samples must be >= 1 (got {num_samples})")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids = [self.encode_prompt(p) for p in prompts for _ in range(num_samples)]
+        texts = [""] * len(ids)
+        for piece in stream_pieces(self.model, self.tokenizer, ids, cfg):
+            texts[piece.row] += piece.text
+        grouped = [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
+        if num_samples == 1:
+            grouped = [g[0] for g in grouped]
+        return grouped[0] if isinstance(prompt, str) else grouped
+
+    def beam_search(self, prompt: str = "", num_beams: int = 4, max_new_tokens: int = 50,
+                    length_penalty: float = 1.0) -> str:
+        """The most likely continuation found by beam search (for translation, summarisation)."""
+        from .beam import beam_search
+        self._check_generates()
+        ids = beam_search(self.model, self.encode_prompt(prompt), num_beams, max_new_tokens,
+                          eos_id=self.tokenizer.eot_id, length_penalty=length_penalty)
+        return self.tokenizer.decode(ids)
 
     @torch.no_grad()
     def logits(self, text: str) -> torch.Tensor:

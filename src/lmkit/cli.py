@@ -24,6 +24,16 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="fix the random draws so the output repeats")
 
 
+def _more_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than min_p × the top token's probability")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already in the text (default 1 = off)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="lower a token's logit by this per earlier use (-2..2)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="lower a used token's logit by this once (-2..2)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
+    p.add_argument("--truncate", action="store_true", help="a prompt longer than the context keeps its last tokens")
+    p.add_argument("--beams", type=int, default=0, help="beam search with this many beams instead of sampling")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lmkit", description="Train, run and inspect language models.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
@@ -82,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     _sampling_flags(p)
+    _more_sampling_flags(p)
 
     p = sub.add_parser("evaluate", help="loss, perplexity, bits per byte and next-token accuracy on a text",
                        description="Score a model on held-out text: every token predicted once from the tokens "
@@ -169,6 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto picks the format that holds the model's options (default)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     _encoder_commands(sub)
+
+    # ---- issue 5: serving and chat ------------------------------------------------------------------
+    p = sub.add_parser("serve", help="serve a run over an OpenAI-compatible HTTP API with a chat page",
+                       description="Serve RUN_DIR at /v1/completions, /v1/chat/completions and /v1/models "
+                                   "(OpenAI-compatible, streaming), with a chat page at / and the schema at /docs.")
+    p.add_argument("run_dir", help="run directory written by lmkit train")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    p.add_argument("--max-batch", type=int, default=32, help="most sequences decoded together (default 32)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for decoding (default 0 = torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+    p = sub.add_parser("chat", help="chat with a run in the terminal, replies streamed",
+                       description="A terminal conversation with RUN_DIR; /reset starts over, /quit leaves.")
+    p.add_argument("run_dir", help="run directory written by lmkit train")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (default 50; 0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    p.add_argument("--seed", type=int, default=None, help="fix the random draws")
     return ap
 
 
@@ -280,8 +313,14 @@ def _check_sampling(a) -> dict:
         raise LmkitError(f"--top-p must be in (0, 1] (got {a.top_p})")
     if a.top_k is not None and a.top_k < 0:
         raise LmkitError(f"--top-k must be >= 0 (got {a.top_k})")
-    return dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k or None,
-                top_p=a.top_p, seed=a.seed)
+    out = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k or None,
+               top_p=a.top_p, seed=a.seed)
+    if hasattr(a, "min_p"):
+        out.update(min_p=a.min_p, repetition_penalty=a.repetition_penalty, frequency_penalty=a.frequency_penalty,
+                   presence_penalty=a.presence_penalty, stop=tuple(a.stop), truncate=a.truncate)
+    from .generate import sampling_config
+    sampling_config(**out)  # every other field checked here, with the field's name in the message
+    return out
 
 
 def cmd_tokenizer(a) -> None:
@@ -346,6 +385,9 @@ def cmd_generate(a) -> None:
     if a.num_samples < 1:
         raise LmkitError(f"--num-samples must be >= 1 (got {a.num_samples})")
     lm = load(a.run_dir, device=a.device)
+    if a.beams:
+        print(a.prompt + lm.beam_search(a.prompt, num_beams=a.beams, max_new_tokens=a.max_new_tokens))
+        return
     for i in range(a.num_samples):
         if i:
             print("\n" + "-" * 40)
@@ -472,11 +514,33 @@ def cmd_export_hf(a) -> None:
     print(f"exported {a.run_dir} to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
 
+def cmd_serve(a) -> None:
+    from .serve import serve
+    if not 0 < a.port < 65536:
+        raise LmkitError(f"--port must be in 1..65535 (got {a.port})")
+    if a.max_batch < 1:
+        raise LmkitError(f"--max-batch must be >= 1 (got {a.max_batch})")
+    if a.threads < 0:
+        raise LmkitError(f"--threads must be >= 0 (got {a.threads})")
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
+    serve(a.run_dir, host=a.host, port=a.port, api_key=a.api_key, device=a.device, max_batch=a.max_batch)
+
+
+def cmd_chat(a) -> None:
+    from .api import load
+    from .serve.terminal import chat
+    sampling = _check_sampling(a)
+    chat(load(a.run_dir, device=a.device), **sampling)
+
+
 COMMANDS = {"quickstart": cmd_quickstart, "tokenizer": cmd_tokenizer, "prepare": cmd_prepare,
             "train": cmd_train, "generate": cmd_generate, "import-hf": cmd_import_hf, "export-hf": cmd_export_hf,
             "evaluate": cmd_evaluate, "explain": cmd_explain, "plot": cmd_plot, "quantize": cmd_quantize,
             "prune": cmd_prune, "export-onnx": cmd_export_onnx, "embed": cmd_embed, "search": cmd_search,
             "fill-mask": cmd_fill_mask, "finetune": cmd_finetune, "predict": cmd_predict}
+COMMANDS.update(serve=cmd_serve, chat=cmd_chat)
 
 
 def main(argv: list[str] | None = None) -> int:

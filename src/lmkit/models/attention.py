@@ -81,8 +81,10 @@ class KVCache:
     def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
                  device, dtype):
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # uninitialised: only positions already written are ever read, and the OS commits pages lazily,
+        # so a long context costs nothing until it is used
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.pos = 0  # number of positions filled
         self.max_len = max_len
 

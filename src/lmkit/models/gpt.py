@@ -36,7 +36,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.rope = cfg.pos == "rope"
 
-    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0, mask=None):
+        """`mask` (B, 1, T, S) bool, True = may attend: given when a batch holds padding (see GPT.forward)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
                                      self.n_kv_head * self.head_dim], dim=-1)
@@ -45,7 +46,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.rope:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        causal, mask = True, None
+        padded, causal, mask = mask, True, None
         if cache is not None:
             past = cache.pos
             k, v = cache.update(layer, k, v)  # (B, Hkv, past+T, D)
@@ -53,6 +54,8 @@ class CausalSelfAttention(nn.Module):
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        if padded is not None:
+            causal, mask = False, padded
         y = attend(q, k, v, causal=causal, mask=mask, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side
         return self.proj(y)
@@ -88,8 +91,8 @@ class Block(nn.Module):
         self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope=None, cache=None, layer=0):
-        x = x + self.resid_dropout(self.attn(self.ln_1(x), rope, cache, layer))
+    def forward(self, x, rope=None, cache=None, layer=0, mask=None):
+        x = x + self.resid_dropout(self.attn(self.ln_1(x), rope, cache, layer, mask))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -101,6 +104,21 @@ def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div)[:, : dim // 2]
     return pe
+
+
+def padded_positions_and_mask(attention_mask: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """attention_mask (B, S) bool -> positions of the last T tokens (B, T) and the attention mask (B, 1, T, S).
+
+    Query i (at column S − T + i) may see key j when j ≤ its column and key j is a real token. It always
+    sees itself, so a padding query has one finite score (its output is never used) instead of NaN.
+    """
+    B, S = attention_mask.shape
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, S - T:]
+    cols = torch.arange(S, device=attention_mask.device)
+    causal = cols[None, :] <= cols[S - T:, None]  # (T, S)
+    itself = cols[None, :] == cols[S - T:, None]
+    mask = (causal & attention_mask[:, None, :]) | itself  # (B, T, S)
+    return pos, mask[:, None]
 
 
 class GPT(nn.Module):
@@ -146,10 +164,15 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False):
+                last_only: bool = False, attention_mask: torch.Tensor | None = None):
         """idx: (B, T) token ids -> logits (B, T, V) (or (B, 1, V) with last_only), and the mean
-        cross-entropy against `targets` (B, T) when given (positions with -100 are ignored)."""
-        x = self.encode(idx, cache)
+        cross-entropy against `targets` (B, T) when given (positions with -100 are ignored).
+
+        `attention_mask` (B, past + T), 1 = real token, 0 = padding (as in Hugging Face), covers the cached
+        positions and the new ones. With it, a left-padded row behaves exactly as if it were alone: its
+        positions count only its real tokens (position = cumsum(mask) − 1) and no query sees a padding key.
+        """
+        x = self.encode(idx, cache, attention_mask)
         if targets is None:
             return self.lm_head(x[:, -1:] if last_only else x), None
         logits = self.lm_head(x)  # (B, T, V)
@@ -157,22 +180,29 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def encode(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def encode(self, idx: torch.Tensor, cache: KVCache | None = None,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """idx: (B, T) token ids -> final hidden states (B, T, C), after ln_f (what the heads read)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         assert start + T <= self.config.block_size, "sequence longer than block_size"
         x = self.wte(idx)  # (B, T, C)
+        if attention_mask is None:
+            pos, mask = torch.arange(start, start + T, device=idx.device), None  # (T,)
+        else:
+            assert attention_mask.shape == (B, start + T), "attention_mask must cover cached and new positions"
+            pos, mask = padded_positions_and_mask(attention_mask.bool(), T)  # (B, T), (B, 1, T, S)
         rope = None
         if self.config.pos == "learned":
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.wpe(pos)
         elif self.config.pos == "sinusoidal":
-            x = x + self.wpe_table[start:start + T]
-        else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            x = x + self.wpe_table[pos]
+        else:  # (T, D/2), or (B, 1, T, D/2) per row, broadcast over heads
+            rope = (self.rope_cos[pos], self.rope_sin[pos]) if mask is None else \
+                (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
         x = self.drop(x)
         for i, block in enumerate(self.h):
-            x = block(x, rope, cache, i)
+            x = block(x, rope, cache, i, mask)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)

@@ -1,0 +1,229 @@
+"""An OpenAI-compatible HTTP server over one run directory (FastAPI + uvicorn).
+
+    GET  /health               liveness and load
+    GET  /v1/models            the one model served (its id is the run directory's name)
+    POST /v1/completions       text continuation, streaming (server-sent events) or not
+    POST /v1/chat/completions  chat, streaming or not
+    GET  /                     the chat page;  /docs, /openapi.json: the schema
+
+Every error is an OpenAI-style object {"error": {"message", "type", "param", "code"}} with a 4xx
+status; with an API key, a request without `Authorization: Bearer KEY` gets 401 (the static chat page
+itself is open: it holds no data and asks for the key).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from ..errors import LmkitError
+from ..generate import SamplingConfig
+from .responses import ChoiceBuilder, chunk, completion_body
+from .scheduler import Scheduler
+from .schemas import ChatRequest, CompletionRequest, SamplingFields
+from .template import chat_prompt
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+
+def error_response(status: int, message: str, param=None, code=None, type="invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before the app reads it."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        too_big = error_response(413, f"request body is larger than {self.limit} bytes", code="body_too_large")
+        if length is not None and int(length) > self.limit:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # a chunked body without Content-Length
+                raise ApiError(413, f"request body is larger than {self.limit} bytes", code="body_too_large")
+            return message
+        await self.app(scope, limited_receive, send)
+
+
+def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The app for a loaded `lmkit.LM`; the scheduler thread starts and stops with it."""
+    model_id = lm.path.name if lm.path is not None else "lmkit"
+    block = lm.model.config.block_size
+    scheduler = Scheduler(lm.model, lm.tokenizer, max_batch=max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="lmkit", version="1", lifespan=lifespan,
+                  description=f"OpenAI-compatible completions and chat for the lmkit run '{model_id}'.")
+    app.state.scheduler = scheduler
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+
+    @app.middleware("http")
+    async def check_api_key(request: Request, call_next):
+        if api_key and request.url.path != "/":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return error_response(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
+                                      code="invalid_api_key")
+        try:
+            return await call_next(request)
+        except ApiError as e:
+            return error_response(e.status, e.message, e.param, e.code, e.type)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, e: ApiError):
+        return error_response(e.status, e.message, e.param, e.code, e.type)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, e: RequestValidationError):
+        err = e.errors()[0]
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            return error_response(400, f"malformed JSON body: {err.get('ctx', {}).get('error', err['msg'])}")
+        param = ".".join(loc) or None
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        return error_response(400, f"{param or 'body'}: {err['msg']}{got}", param=param)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, e: HTTPException):
+        return error_response(e.status_code, str(e.detail), type="not_found_error" if e.status_code == 404
+                              else "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def internal(request, e: Exception):
+        return error_response(500, f"internal error: {type(e).__name__}", type="server_error")
+
+    # ---- endpoints --------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def chat_page():
+        return (resources.files("lmkit.serve") / "static" / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, "active_rows": scheduler.active_rows,
+                "waiting": scheduler.inbox.qsize() + len(scheduler.waiting)}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "lmkit"}]}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise ApiError(400, "prompt: must not be an empty list", param="prompt")
+        rows = _rows(req, [lm.encode_prompt(p) for p in prompts], req.max_tokens, req.logprobs, req.stops())
+        return await _respond(req, rows, "text_completion", request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest, request: Request):
+        text, stops = chat_prompt([(m.role, m.text()) for m in req.messages])
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        rows = _rows(req, [lm.encode_prompt(text)], max_tokens, logprobs, req.stops() + stops)
+        return await _respond(req, rows, "chat.completion", request)
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    def _rows(req: SamplingFields, prompts: list[list[int]], max_tokens, logprobs, stops):
+        if req.model != model_id:
+            raise ApiError(404, f"model '{req.model}' does not exist; this server has '{model_id}'",
+                           param="model", code="model_not_found")
+        rows = []
+        for ids in prompts:
+            if len(ids) >= block:
+                raise ApiError(400, f"prompt is {len(ids)} tokens; the model's context is {block} tokens, "
+                                    f"with room for at least one new token", param="prompt",
+                               code="context_length_exceeded")
+            room = block - len(ids)  # max_tokens is capped by the context
+            cfg = SamplingConfig(max_new_tokens=room if max_tokens is None else min(max_tokens, room),
+                                 temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p,
+                                 min_p=req.min_p, repetition_penalty=req.repetition_penalty or 1.0,
+                                 frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
+                                 seed=req.seed, stop=stops, logprobs=logprobs)
+            try:
+                cfg.validate()
+            except LmkitError as e:
+                raise ApiError(400, str(e))
+            rows += [(ids, cfg)] * req.n  # the n rows of a prompt share one config: seeds seed, seed+1, …
+        return rows
+
+    async def _respond(req: SamplingFields, rows, kind: str, request: Request):
+        builder = ChoiceBuilder(lm.tokenizer, kind, model_id, f"{'chatcmpl' if kind != 'text_completion' else 'cmpl'}-"
+                                f"{uuid.uuid4().hex[:24]}", int(time.time()), len(rows))
+        if all(cfg.max_new_tokens == 0 for _, cfg in rows):
+            return JSONResponse(completion_body(builder, sum(len(ids) for ids, _ in rows[::req.n])))
+        job = scheduler.submit(rows)
+        if not req.stream:
+            try:
+                while (item := await job.queue.get()) is not None:
+                    if isinstance(item, Exception):
+                        raise item
+                    builder.add(item)
+            finally:
+                job.cancel()
+            return JSONResponse(completion_body(builder, sum(len(ids) for ids, _ in rows[::req.n])))
+        usage = bool((req.stream_options or {}).get("include_usage"))
+
+        async def events():
+            try:
+                for c in builder.opening_chunks():
+                    yield f"data: {json.dumps(c, ensure_ascii=False)}\n\n"
+                while (item := await job.queue.get()) is not None:
+                    if isinstance(item, Exception):
+                        err = {"message": f"internal error: {type(item).__name__}", "type": "server_error"}
+                        yield f"data: {json.dumps({'error': err})}\n\n"
+                        return
+                    c = builder.add(item)
+                    if c is not None:
+                        yield f"data: {json.dumps(c, ensure_ascii=False)}\n\n"
+                if usage:
+                    body = completion_body(builder, sum(len(ids) for ids, _ in rows[::req.n]))
+                    yield f"data: {json.dumps(chunk(builder, [], usage=body['usage']))}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                job.cancel()  # a client that went away frees its rows at the scheduler's next step
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          device: str = "cpu", max_batch: int = 32) -> None:
+    """Load a run directory and serve it until Ctrl-C."""
+    import uvicorn
+
+    from ..api import load
+    lm = load(run_dir, device=device)
+    app = create_app(lm, api_key=api_key, max_batch=max_batch)
+    print(f"serving {run_dir} at http://{host}:{port}/  (chat page at /, OpenAI API at /v1, schema at /docs)",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,137 @@
+"""The batching scheduler: one thread owns the model and decodes every live request in one batch.
+
+Each loop iteration
+  1. admits waiting requests while the batch has room (`max_batch` rows; a request with n choices is
+     n rows): their prompts run through the model together (prefill) and give their first tokens;
+  2. advances the running batch by one token;
+  3. merges the newcomers into the running batch (`Decoder.merge`), so from the next step they are
+     decoded together with everything else (continuous batching);
+  4. drops rows whose request finished or was cancelled (a client that disconnected) — the slot is
+     free for the next iteration.
+Results go back to each request's asyncio queue through its event loop, piece by piece.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from ..generate import Decoder, Piece, RowText, SamplingConfig
+
+
+@dataclass
+class Job:
+    """One HTTP request: its rows (prompt ids and config, one row per choice) and where results go.
+    The queue receives Piece objects, then None when every row finished, or an Exception."""
+    rows: list[tuple[list[int], SamplingConfig]]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    remaining: int = 0
+
+    def emit(self, item) -> None:
+        if not self.cancelled:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scheduler:
+    def __init__(self, model, tokenizer, max_batch: int = 32):
+        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.inbox: queue.Queue[Job] = queue.Queue()
+        self.waiting: list[Job] = []
+        self.live: list[tuple[Job, int, RowText]] = []  # one entry per batch row
+        self.decoder: Decoder | None = None
+        self._admitted: list[Job] = []  # admitted this iteration, not yet in `live`
+        self.steps, self.peak_rows = 0, 0  # decoding steps run, the most rows decoded together
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lmkit-scheduler", daemon=True)
+
+    # ---- called from the server's event loop ------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def submit(self, rows: list[tuple[list[int], SamplingConfig]]) -> Job:
+        job = Job(rows, asyncio.get_running_loop(), remaining=len(rows))
+        self.inbox.put(job)
+        return job
+
+    @property
+    def active_rows(self) -> int:
+        return len(self.live)
+
+    # ---- the decoding thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._iteration()
+            except Exception as e:  # a bug must not kill the server: fail the requests in flight, go on
+                for job in {id(j): j for j in [j for j, _, _ in self.live] + self._admitted}.values():
+                    job.emit(e)
+                self.live, self.decoder, self._admitted = [], None, []
+
+    def _admit(self) -> list[Job]:
+        try:
+            if self.decoder is None and not self.waiting:
+                self.waiting.append(self.inbox.get(timeout=0.1))  # idle: wait for work
+            while True:
+                self.waiting.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        admitted, room = [], self.max_batch - len(self.live)
+        for job in list(self.waiting):
+            if job.cancelled:
+                self.waiting.remove(job)
+            elif len(job.rows) <= room or (not admitted and not self.live):
+                self.waiting.remove(job)
+                admitted.append(job)
+                room -= len(job.rows)
+        return admitted
+
+    @torch.no_grad()
+    def _iteration(self) -> None:
+        new_jobs = self._admitted = self._admit()
+        newcomers, new_live = None, []
+        eos = self.tokenizer.eot_id
+        if new_jobs:
+            prompts = [ids for job in new_jobs for ids, _ in job.rows]
+            cfgs = [cfg for job in new_jobs for _, cfg in job.rows]
+            new_live = [(job, i, RowText(self.tokenizer, cfg, eos)) for job in new_jobs
+                        for i, (_, cfg) in enumerate(job.rows)]
+            newcomers = Decoder(self.model, prompts, cfgs, pad_id=eos or 0)
+            self._dispatch(newcomers.step(), new_live)
+        if self.decoder is not None:
+            self._dispatch(self.decoder.step(), self.live)
+        if newcomers is not None:
+            if self.decoder is None:
+                self.decoder, self.live = newcomers, new_live
+            else:
+                self.decoder.merge(newcomers, pad_id=eos or 0)
+                self.live = self.live + new_live
+        self.steps += 1
+        self.peak_rows = max(self.peak_rows, len(self.live))
+        keep = [b for b, (job, _, text) in enumerate(self.live) if text.finish_reason is None and not job.cancelled]
+        if len(keep) < len(self.live):
+            self.live = [self.live[b] for b in keep]
+            if keep:
+                self.decoder.keep(keep)
+            else:
+                self.decoder = None
+
+    def _dispatch(self, step, live: list[tuple[Job, int, RowText]]) -> None:
+        for b, (job, choice, text) in enumerate(live):
+            piece: Piece = text.push(choice, step, b)
+            job.emit(piece)
+            if piece.finish_reason is not None:
+                job.remaining -= 1
+                if job.remaining == 0:
+                    job.emit(None)

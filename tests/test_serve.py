@@ -1,0 +1,236 @@
+"""The OpenAI-compatible server, driven by the official `openai` client against a live server on 127.0.0.1."""
+import concurrent.futures
+import contextlib
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+openai = pytest.importorskip("openai", reason="the server tests need the `openai` package (pip install -e '.[test]')")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+import lmkit  # noqa: E402
+from lmkit.serve import create_app  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """Run `app` with uvicorn in a background thread; yield its base URL; stop it within seconds."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def lm(trained_run):
+    return lmkit.load(trained_run)
+
+
+@pytest.fixture(scope="module")
+def base_url(lm):
+    with live_server(create_app(lm, max_body_bytes=20_000)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    return openai.OpenAI(base_url=base_url + "/v1", api_key="unused", timeout=60, max_retries=0)
+
+
+def test_models_health_and_schema(client, base_url, lm):
+    assert [m.id for m in client.models.list().data] == [lm.path.name]
+    health = httpx.get(base_url + "/health").json()
+    assert health["status"] == "ok" and health["model"] == lm.path.name
+    schema = httpx.get(base_url + "/openapi.json").json()
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/models"} <= set(schema["paths"])
+
+
+def test_completion_equals_the_engine_and_streams_the_same_text(client, lm):
+    model = lm.path.name
+    expected = lm.generate("To be", max_new_tokens=12, temperature=0)
+    r = client.completions.create(model=model, prompt="To be", max_tokens=12, temperature=0)
+    assert r.choices[0].text == expected and r.choices[0].finish_reason in ("length", "stop")
+    assert r.usage.prompt_tokens == 5 and r.usage.completion_tokens == len(expected)
+    pieces = [c.choices[0].text for c in client.completions.create(model=model, prompt="To be", max_tokens=12,
+                                                                     temperature=0, stream=True) if c.choices]
+    assert len(pieces) > 1 and "".join(pieces) == expected
+    two = client.completions.create(model=model, prompt=["To be", "床前"], max_tokens=6, temperature=0)
+    assert [c.text for c in two.choices] == [expected[:6], lm.generate("床前", max_new_tokens=6, temperature=0)]
+
+
+def test_sampling_seed_n_stop_and_logprobs(client, lm):
+    model = lm.path.name
+    kw = dict(model=model, prompt="T", max_tokens=10, temperature=1.0, top_p=0.95, seed=5, n=3)
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert len({c.text for c in a.choices}) > 1  # the n choices differ (seeds 5, 6, 7)
+    full = lm.generate("To be", max_new_tokens=20, temperature=0)
+    cut = full[4:7]
+    r = client.completions.create(model=model, prompt="To be", max_tokens=20, temperature=0, stop=[cut])
+    assert r.choices[0].text == full[:full.index(cut)] and r.choices[0].finish_reason == "stop"
+    r = client.completions.create(model=model, prompt="To be", max_tokens=4, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == full[:4] and len(lp.token_logprobs) == 4
+    assert all(lp_ <= 0 for lp_ in lp.token_logprobs)
+    assert all(max(top.values()) == pytest.approx(v) for top, v in zip(lp.top_logprobs, lp.token_logprobs))
+
+
+def test_chat_streaming_and_not(client, lm):
+    model = lm.path.name
+    msgs = [{"role": "user", "content": "To be"}]
+    r = client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0, logprobs=True,
+                                       top_logprobs=2)
+    reply = r.choices[0].message
+    assert reply.role == "assistant" and len(r.choices[0].logprobs.content) == r.usage.completion_tokens
+    assert r.usage.completion_tokens <= 8
+    stream = client.chat.completions.create(model=model, messages=msgs, max_tokens=8, temperature=0, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == reply.content
+    prompt_room = client.chat.completions.create(model=model, messages=msgs, temperature=0)  # max_tokens: context
+    assert prompt_room.usage.prompt_tokens + prompt_room.usage.completion_tokens <= lm.config.model.block_size
+
+
+def test_invalid_requests_get_openai_errors_and_the_server_keeps_serving(client, base_url, lm):
+    model = lm.path.name
+    cases = [
+        (dict(temperature=-1), 400, "temperature"),
+        (dict(top_p=0), 400, "top_p"),
+        (dict(top_p=1.5), 400, "top_p"),
+        (dict(max_tokens="many"), 400, "max_tokens"),
+        (dict(n=0), 400, "n"),
+        (dict(seed=2**64), 400, "seed"),
+        (dict(stop=[1, 2]), 400, "stop"),
+        (dict(model="gpt-4"), 404, "gpt-4"),
+        (dict(prompt="x" * 40), 400, "context"),
+    ]
+    for extra, status, fragment in cases:
+        body = {"model": model, "prompt": "To", "max_tokens": 3, **extra}
+        r = httpx.post(base_url + "/v1/completions", json=body)
+        assert r.status_code == status, (extra, r.text)
+        err = r.json()["error"]
+        assert fragment in err["message"] and err["type"], err
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=model, prompt="To", temperature=-0.5)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    r = httpx.post(base_url + "/v1/chat/completions", content=b'{"model": "x", "messages": [', 
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+    r = httpx.post(base_url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "robot", "content": 1}]})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages")
+    r = httpx.post(base_url + "/v1/completions", json={"model": model, "prompt": "x" * 30_000})
+    assert r.status_code == 413 and "larger than 20000 bytes" in r.json()["error"]["message"]
+    assert httpx.get(base_url + "/v1/nothing").status_code == 404
+    assert client.completions.create(model=model, prompt="To", max_tokens=2, temperature=0).choices[0].text
+
+
+def test_api_key_is_required(lm):
+    with live_server(create_app(lm, api_key="s3cret")) as url:
+        assert httpx.get(url + "/v1/models").status_code == 401
+        r = httpx.get(url + "/health", headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert good.models.list().data[0].id == lm.path.name
+        assert httpx.get(url + "/").status_code == 200  # the page itself holds no data
+
+
+def test_concurrent_streams_give_single_request_outputs(base_url, lm):
+    model = lm.path.name
+    prompts = ["To be", "T", "床前明月", "or not", "that is the", "q"]
+    expected = [lm.generate(p, max_new_tokens=15, temperature=0) for p in prompts]
+
+    def one(p):
+        c = openai.OpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0, timeout=60)
+        return "".join(ch.choices[0].text for ch in c.completions.create(
+            model=model, prompt=p, max_tokens=15, temperature=0, stream=True) if ch.choices)
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        assert list(pool.map(one, prompts)) == expected
+
+
+def test_concurrent_requests_are_batched_and_a_disconnect_frees_the_slot(trained_run, lm):
+    slow = lmkit.load(trained_run)
+    forward = slow.model.forward
+    slow.model.forward = lambda *a, **k: (time.sleep(0.05), forward(*a, **k))[1]  # 25 tokens take > 1.2 s
+    app = create_app(slow)
+    with live_server(app) as url:
+        prompts = ["To be", "T", "床前明月", "that is the"]
+        expected = [lm.generate(p, max_new_tokens=8, temperature=0) for p in prompts]
+
+        def one(p):
+            c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+            return "".join(ch.choices[0].text for ch in c.completions.create(
+                model=slow.path.name, prompt=p, max_tokens=8, temperature=0, stream=True) if ch.choices)
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            assert list(pool.map(one, prompts)) == expected
+        assert app.state.scheduler.peak_rows >= 3  # they were decoded together
+        app.state.scheduler.steps = 0
+        body = {"model": slow.path.name, "prompt": "To", "max_tokens": 25, "stream": True, "temperature": 0}
+        with httpx.stream("POST", url + "/v1/completions", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["text"]:
+                    break  # one piece of text, then hang up
+        deadline = time.time() + 10
+        while app.state.scheduler.active_rows and time.time() < deadline:
+            time.sleep(0.02)
+        assert app.state.scheduler.active_rows == 0
+        assert app.state.scheduler.steps < 15  # dropped long before its 25 tokens
+
+
+def test_cli_serve_chat_and_generate_flags(trained_run, tmp_path, capsys, monkeypatch):
+    import io
+    import subprocess
+    import sys
+    from lmkit.cli import main
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lmkit", "serve", str(trained_run), "--port", str(port),
+                             "--api-key", "k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, status = time.time() + 60, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": "Bearer k"}).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert status and status["status"] == "ok", proc.stderr.read() if proc.poll() is not None else "no answer"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert main(["serve", str(tmp_path), "--port", "8000"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["serve", str(trained_run), "--port", "70000"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("To be\n/reset\n床前\n/quit\n"))
+    assert main(["chat", str(trained_run), "--temperature", "0", "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model> ") == 2 and "(conversation cleared)" in out
+    assert main(["generate", str(trained_run), "--prompt", "To be", "--temperature", "0", "--max-new-tokens", "8",
+                 "--beams", "1"]) == 0
+    assert capsys.readouterr().out == "To be" + lmkit.load(trained_run).generate("To be", max_new_tokens=8,
+                                                                                  temperature=0) + "\n"
+    assert main(["generate", str(trained_run), "--min-p", "2"]) == 2
+    assert "min_p must be in [0, 1] (got 2.0)" in capsys.readouterr().err
+    assert main(["generate", str(trained_run), "--prompt", "To be, or not to be, that is the question."]) == 2
+    assert "prompt is 42 tokens" in capsys.readouterr().err
