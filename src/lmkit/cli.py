@@ -489,7 +489,7 @@ def cmd_embed(a) -> None:
     meta = build_index(a.data, a.out, a.model, a.text_field, a.chunk_tokens, a.overlap, a.errors, a.overwrite)
     msg = f"{a.out}: {meta['chunks']:,} chunks from {meta['documents']:,} documents, {meta['dim']}-dim vectors"
     if "ann" in meta:
-        msg += f"; HNSW index, recall@10 vs exact {meta['ann']['recall_at_10']:.3f}"
+        msg += f"; HNSW index, recall@{meta['ann']['k']} vs exact search {meta['ann']['recall']:.3f}"
     print(msg)
 
 

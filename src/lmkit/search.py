@@ -139,6 +139,7 @@ def build_index(source: str, out_dir: str | Path, model: str | Path | None = Non
 def build_ann(vectors: np.ndarray, path: Path, k: int = 10, probes: int = 200) -> dict:
     """HNSW over inner products; recall@k against exact search on `probes` of the indexed vectors."""
     import faiss
+    k = min(k, len(vectors))
     index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efSearch = 64
     index.add(vectors)
@@ -148,7 +149,7 @@ def build_ann(vectors: np.ndarray, path: Path, k: int = 10, probes: int = 200) -
     exact = np.argsort(-(q @ vectors.T), axis=1)[:, :k]
     _, approx = index.search(q, k)
     recall = np.mean([len(set(e) & set(a)) / k for e, a in zip(exact, approx)])
-    return {"type": "hnsw", "recall_at_%d" % k: round(float(recall), 4)}
+    return {"type": "hnsw", "k": k, "recall": round(float(recall), 4)}
 
 
 @dataclass

