@@ -85,3 +85,25 @@ def test_cli_embed_and_search(tmp_path, capsys):
     assert main(["search", str(tmp_path), "x"]) == 2
     assert "not an index folder" in capsys.readouterr().err
     assert main(["embed", "--data", str(f), "--text-field", "body", "--out", str(tmp_path / "i")]) == 2
+
+
+def test_server_embeddings_endpoint(trained_run, encoder):
+    openai = pytest.importorskip("openai")
+    import httpx
+    import lmkit
+    from lmkit.serve import create_app
+    from test_serve import live_server
+    app = create_app(lmkit.load(trained_run), encoder=encoder)
+    with live_server(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=60, max_retries=0)
+        name = encoder.path.name
+        assert name in [m.id for m in client.models.list().data]
+        texts = ["A man is eating food.", "A man is eating a piece of bread."]
+        r = client.embeddings.create(model=name, input=texts)
+        got = np.array([d.embedding for d in r.data], dtype=np.float32)
+        assert np.allclose(got, encoder.embed(texts), atol=1e-5) and r.usage.prompt_tokens > 0
+        plain = httpx.post(url + "/v1/embeddings", json={"model": name, "input": texts[0]}).json()  # float lists
+        assert np.allclose(plain["data"][0]["embedding"], got[0], atol=1e-6)
+        bad = httpx.post(url + "/v1/embeddings", json={"model": name, "input": []})
+        assert bad.status_code == 400 and "input" in bad.json()["error"]["message"]
+        assert httpx.post(url + "/v1/embeddings", json={"model": "nope", "input": "x"}).status_code == 404

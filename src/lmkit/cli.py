@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     p.add_argument("--max-batch", type=int, default=32, help="most sequences decoded together (default 32)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for decoding (default 0 = torch's choice)")
+    p.add_argument("--encoder", default=None, metavar="MODEL",
+                   help="also serve POST /v1/embeddings with this encoder (all-MiniLM-L6-v2, a BERT run or HF folder)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
     p = sub.add_parser("chat", help="chat with a run in the terminal, replies streamed",
@@ -525,7 +527,8 @@ def cmd_serve(a) -> None:
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
-    serve(a.run_dir, host=a.host, port=a.port, api_key=a.api_key, device=a.device, max_batch=a.max_batch)
+    serve(a.run_dir, host=a.host, port=a.port, api_key=a.api_key, device=a.device, max_batch=a.max_batch,
+          encoder=a.encoder)
 
 
 def cmd_chat(a) -> None:

@@ -4,6 +4,7 @@
     GET  /v1/models            the one model served (its id is the run directory's name)
     POST /v1/completions       text continuation, streaming (server-sent events) or not
     POST /v1/chat/completions  chat, streaming or not
+    POST /v1/embeddings        sentence embeddings, when started with an encoder (`--encoder`)
     GET  /                     the chat page;  /docs, /openapi.json: the schema
 
 Every error is an OpenAI-style object {"error": {"message", "type", "param", "code"}} with a 4xx
@@ -12,6 +13,8 @@ itself is open: it holds no data and asks for the key).
 """
 from __future__ import annotations
 
+import asyncio
+import base64
 import hmac
 import json
 import time
@@ -28,7 +31,7 @@ from ..errors import LmkitError
 from ..generate import SamplingConfig
 from .responses import ChoiceBuilder, chunk, completion_body
 from .scheduler import Scheduler
-from .schemas import ChatRequest, CompletionRequest, SamplingFields
+from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields
 from .template import chat_prompt
 
 MAX_BODY_BYTES = 1 << 20
@@ -69,8 +72,10 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The app for a loaded `lmkit.LM`; the scheduler thread starts and stops with it."""
+def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_bytes: int = MAX_BODY_BYTES,
+               encoder=None) -> FastAPI:
+    """The app for a loaded `lmkit.LM`; the scheduler thread starts and stops with it. With an
+    `lmkit.search.Encoder`, /v1/embeddings serves its mean-pooled, L2-normalised sentence vectors."""
     model_id = lm.path.name if lm.path is not None else "lmkit"
     block = lm.model.config.block_size
     scheduler = Scheduler(lm.model, lm.tokenizer, max_batch=max_batch)
@@ -131,9 +136,36 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
         return {"status": "ok", "model": model_id, "active_rows": scheduler.active_rows,
                 "waiting": scheduler.inbox.qsize() + len(scheduler.waiting)}
 
+    encoder_id = encoder.path.name if encoder is not None else None
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "lmkit"}]}
+        ids = [model_id] + ([encoder_id] if encoder_id else [])
+        return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "lmkit"} for i in ids]}
+
+    if encoder is not None:
+        @app.post("/v1/embeddings")
+        async def embeddings(req: EmbeddingRequest):
+            if req.model != encoder_id:
+                raise ApiError(404, f"model '{req.model}' does not exist; the embedding model is '{encoder_id}'",
+                               param="model", code="model_not_found")
+            texts = [req.input] if isinstance(req.input, str) else req.input
+            if not texts or any(not t for t in texts):
+                raise ApiError(400, "input: must be a non-empty string or a list of non-empty strings", param="input")
+            ids = [encoder.tokenizer.encode(t) for t in texts]
+            too_long = [i for i, x in enumerate(ids) if len(x) > encoder.max_len - 2]
+            if too_long:
+                raise ApiError(400, f"input[{too_long[0]}] is {len(ids[too_long[0]])} tokens; the encoder takes at "
+                                    f"most {encoder.max_len - 2}", param="input", code="context_length_exceeded")
+            vectors = await asyncio.to_thread(encoder.embed_ids, ids)
+            n = sum(len(x) for x in ids)
+            if req.encoding_format == "base64":
+                encode = lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode()  # noqa: E731
+            else:
+                encode = lambda v: v.tolist()  # noqa: E731
+            return {"object": "list", "model": encoder_id, "usage": {"prompt_tokens": n, "total_tokens": n},
+                    "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
+                             for i, v in enumerate(vectors)]}
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
@@ -217,13 +249,16 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          device: str = "cpu", max_batch: int = 32) -> None:
+          device: str = "cpu", max_batch: int = 32, encoder: str | None = None) -> None:
     """Load a run directory and serve it until Ctrl-C."""
     import uvicorn
 
     from ..api import load
     lm = load(run_dir, device=device)
-    app = create_app(lm, api_key=api_key, max_batch=max_batch)
+    if encoder is not None:
+        from ..search import Encoder
+        encoder = Encoder(encoder, max_len=512)
+    app = create_app(lm, api_key=api_key, max_batch=max_batch, encoder=encoder)
     print(f"serving {run_dir} at http://{host}:{port}/  (chat page at /, OpenAI API at /v1, schema at /docs)",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

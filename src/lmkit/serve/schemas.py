@@ -56,3 +56,11 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: Optional[int] = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+
+
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings: one text or a list of texts."""
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    input: Union[str, list[str]]
+    encoding_format: Literal["float", "base64"] = "float"  # base64: little-endian float32 bytes (the openai client's default)
