@@ -162,3 +162,48 @@ def test_cli_import_and_export(tmp_path, tok, capsys):
     a = lmkit.load(tmp_path / "run").model
     b = lmkit.load(tmp_path / "back").model  # exported folder re-imported: the same weights
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.fixture(scope="module")
+def wp_tok():
+    return Tokenizer.train(["the quick brown fox jumps over the lazy dog 敏捷的狐狸"] * 50, kind="wordpiece",
+                           vocab_size=200)
+
+
+@pytest.mark.parametrize("head", ["BertForMaskedLM", "BertModel"])
+def test_bert_import_matches_transformers_on_a_padded_batch(tmp_path, wp_tok, head):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=wp_tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    theirs = getattr(transformers, head)(cfg).eval()
+    theirs.save_pretrained(tmp_path / "hf")
+    wp_tok.save(tmp_path / "hf" / "tokenizer.json")
+    lm = lmkit.load(tmp_path / "hf")
+    assert lm.config.model.type == "bert"
+    ids, mask = padded_batch(wp_tok.vocab_size)
+    with torch.no_grad():
+        out = theirs(input_ids=ids, attention_mask=mask)
+        if head == "BertModel":
+            ours, ref = lm.model.encode(ids, attention_mask=mask), out.last_hidden_state
+        else:
+            ours, ref = lm.model(ids, attention_mask=mask)[0], out.logits
+    assert max_diff_on_real_tokens(ours, ref, mask) <= 1e-4
+
+
+def test_bert_export_loads_as_masked_lm(tmp_path, wp_tok):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=wp_tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForMaskedLM(cfg).save_pretrained(tmp_path / "hf")
+    wp_tok.save(tmp_path / "hf" / "tokenizer.json")
+    run = import_hf(tmp_path / "hf", tmp_path / "run")
+    out = export_hf(run, tmp_path / "back")
+    theirs, info = transformers.AutoModelForMaskedLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    ids, mask = padded_batch(wp_tok.vocab_size, seed=2)
+    with torch.no_grad():
+        ours = lmkit.load(run).model(ids, attention_mask=mask)[0]
+        ref = theirs.eval()(input_ids=ids, attention_mask=mask).logits
+    assert max_diff_on_real_tokens(ours, ref, mask) <= 1e-4
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok.mask_token == "[MASK]" and hf_tok.cls_token == "[CLS]"

@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "that transformers' AutoModelForCausalLM / AutoTokenizer load.")
     p.add_argument("run_dir", help="run directory written by lmkit train")
     p.add_argument("out_dir", help="folder to write")
-    p.add_argument("--format", choices=["auto", "gpt2", "llama"], default="auto",
+    p.add_argument("--format", choices=["auto", "gpt2", "llama", "bert"], default="auto",
                    help="auto picks the format that holds the model's options (default)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     _encoder_commands(sub)

@@ -20,7 +20,7 @@ from .errors import LmkitError
 from .io import atomic_path, atomic_write_text
 from .tokenizer import Tokenizer
 
-SUPPORTED = ("gpt2", "llama")
+SUPPORTED = ("gpt2", "llama", "bert")
 
 
 # ---- reading a Hugging Face folder ------------------------------------------------------------------
@@ -64,9 +64,11 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_hf_tokenizer(path: Path) -> Tokenizer:
-    """tokenizer.json, or GPT-2's vocab.json + merges.txt."""
+    """tokenizer.json, GPT-2's vocab.json + merges.txt, or BERT's vocab.txt."""
     if (path / "tokenizer.json").is_file():
         return Tokenizer.load(path / "tokenizer.json")
+    if (path / "vocab.txt").is_file():
+        return Tokenizer.load(path / "vocab.txt")
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
         hf = HFTokenizer(models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt")))
@@ -75,7 +77,7 @@ def read_hf_tokenizer(path: Path) -> Tokenizer:
         if hf.token_to_id("<|endoftext|>") is not None:
             hf.add_special_tokens(["<|endoftext|>"])
         return Tokenizer(hf)
-    raise LmkitError(f"{path}: no tokenizer.json, or vocab.json + merges.txt")
+    raise LmkitError(f"{path}: no tokenizer.json, vocab.json + merges.txt, or vocab.txt")
 
 
 def _need(ok: bool, path: Path, msg: str) -> None:
@@ -210,6 +212,57 @@ def lmkit_to_llama(sd: dict, cfg: Config) -> tuple[dict, dict]:
     return {k: v.contiguous() for k, v in out.items()}, hc
 
 
+# ---- BERT (the name mapping itself lives once, in models/bert.py) -----------------------------------
+def bert_from_hf(hc: dict, path: Path) -> tuple[Config, dict]:
+    """BertModel or BertForMaskedLM -> an lmkit BERT. A BertModel has no MLM head; lmkit's starts fresh."""
+    from .models import build_model
+    from .models.bert import config_from_hf, hf_bert_to_lmkit
+    _need(hc.get("position_embedding_type", "absolute") == "absolute", path, "only absolute positions are supported")
+    _need(hc.get("hidden_act", "gelu") == "gelu", path, f"hidden_act '{hc.get('hidden_act')}' is not supported (gelu)")
+    cfg = Config()
+    cfg.model = config_from_hf(hc)
+    cfg.model.dropout = 0.0
+    cfg.train.objective = "mlm"
+    try:
+        sd = hf_bert_to_lmkit(read_hf_weights(path))
+    except KeyError as e:
+        raise LmkitError(f"{path}: unexpected weight {e} for a BERT model")
+    fresh = build_model(cfg.model).state_dict()
+    for k, v in fresh.items():  # the MLM head, when the checkpoint has none
+        sd.setdefault(k, v)
+    return cfg, sd
+
+
+def lmkit_to_bert(sd: dict, cfg: Config) -> tuple[dict, dict]:
+    """An lmkit BERT -> BertForMaskedLM names (q, k, v split again; the decoder tied to the embeddings)."""
+    from .models.bert import HF_BERT_NAMES
+    m = cfg.model
+    reverse = {}
+    for hf_name, ours in HF_BERT_NAMES.items():
+        for i in range(m.n_layer) if "{i}" in ours else [None]:
+            for p in ("weight", "bias") if "{p}" in ours else [None]:
+                kw = {k: v for k, v in (("i", i), ("p", p)) if v is not None}
+                reverse[ours.format(**kw)] = "bert." + hf_name.format(**kw) if not hf_name.startswith("cls.") \
+                    else hf_name.format(**kw)
+    out = {}
+    for k, v in sd.items():
+        if k in reverse:
+            out[reverse[k]] = v
+        elif ".attn.qkv." in k:
+            i, kind = k.split(".")[1], k.rsplit(".", 1)[1]
+            for name, part in zip(("query", "key", "value"), v.chunk(3)):
+                out[f"bert.encoder.layer.{i}.attention.self.{name}.{kind}"] = part
+        else:
+            raise LmkitError(f"export-hf: no BERT name for lmkit weight '{k}'")
+    out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"].clone()
+    hc = {"architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": m.vocab_size,
+          "hidden_size": m.n_embd, "num_hidden_layers": m.n_layer, "num_attention_heads": m.n_head,
+          "intermediate_size": m.hidden_dim, "hidden_act": "gelu", "max_position_embeddings": m.block_size,
+          "type_vocab_size": m.type_vocab_size, "layer_norm_eps": m.norm_eps, "hidden_dropout_prob": 0.0,
+          "attention_probs_dropout_prob": 0.0, "tie_word_embeddings": True, "pad_token_id": 0}
+    return {k: v.contiguous() for k, v in out.items()}, hc
+
+
 # ---- import -----------------------------------------------------------------------------------------
 def from_hf(path: str | Path) -> tuple[Config, dict, Tokenizer]:
     """Read a Hugging Face folder: (lmkit Config, lmkit-named state dict, Tokenizer)."""
@@ -222,6 +275,8 @@ def from_hf(path: str | Path) -> tuple[Config, dict, Tokenizer]:
     elif kind == "llama":
         cfg = llama_config(hc, path)
         sd = llama_to_lmkit(read_hf_weights(path), cfg)
+    elif kind == "bert":
+        cfg, sd = bert_from_hf(hc, path)
     else:
         raise LmkitError(f"{path / 'config.json'}: model_type '{kind}' is not supported "
                          f"(supported: {', '.join(SUPPORTED)})")
@@ -283,8 +338,12 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
 def export_format(cfg: Config, fmt: str = "auto") -> str:
     """Which format can hold this model: GPT-2 or Llama-style. Refuse, naming the option, when neither."""
     m = cfg.model
+    if m.type == "bert":
+        if fmt not in ("auto", "bert"):
+            raise LmkitError(f"export-hf: a BERT model exports as 'bert' (BertForMaskedLM), not '{fmt}'")
+        return "bert"
     if m.type != "gpt":
-        raise LmkitError(f"export-hf: model type '{m.type}' cannot be exported as a causal LM here")
+        raise LmkitError(f"export-hf: model type '{m.type}' has no Hugging Face format here (gpt and bert do)")
     gpt2_misfits = [f"{k} = {v}" for k, v, ok in [
         ("pos", m.pos, m.pos == "learned"), ("norm", m.norm, m.norm == "layernorm"),
         ("mlp", m.mlp, m.mlp in ("gelu", "gelu_tanh")), ("bias", m.bias, m.bias),
@@ -318,9 +377,13 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, fmt: str = "auto", overw
     cfg = lm.config
     fmt = export_format(cfg, fmt)
     sd = {k: v.detach().cpu() for k, v in lm.model.state_dict().items()}
-    sd, hc = (lmkit_to_gpt2 if fmt == "gpt2" else lmkit_to_llama)(sd, cfg)
+    sd, hc = {"gpt2": lmkit_to_gpt2, "llama": lmkit_to_llama, "bert": lmkit_to_bert}[fmt](sd, cfg)
     eot = lm.tokenizer.eot_id
-    hc.update({"bos_token_id": eot, "eos_token_id": eot, "torch_dtype": "float32"})
+    if fmt == "bert":
+        hc["pad_token_id"] = lm.tokenizer.pad_id or 0
+    else:
+        hc.update({"bos_token_id": eot, "eos_token_id": eot})
+    hc["torch_dtype"] = "float32"
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"format": "pt"})
@@ -328,6 +391,10 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, fmt: str = "auto", overw
     lm.tokenizer.save(out_dir / "tokenizer.json")
     eot_tok = lm.tokenizer.hf.id_to_token(eot) if eot is not None else None
     tc = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.model.block_size,
-          "bos_token": eot_tok, "eos_token": eot_tok, "clean_up_tokenization_spaces": False}
+          "clean_up_tokenization_spaces": False}
+    if fmt == "bert":
+        tc.update(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    else:
+        tc.update(bos_token=eot_tok, eos_token=eot_tok)
     atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
     return out_dir
