@@ -23,7 +23,7 @@ def test_code_links_are_current(doc):
 def test_principles_link_every_formula():
     text = (ROOT / "docs" / "principles.md").read_text(encoding="utf-8")
     assert len(links.LINK.findall(text)) >= 12
-    for formula in ("softmax(Q Kᵀ / √d_k) V", "Π_t P(w_t | w_<t)", "MultiHead", "AdamW", "bits/byte"):
+    for formula in ("softmax(Q Kᵀ / √d_k) V", "Π_t P(w_t | w_<t)", "MultiHead", "AdamW", "bits/byte", "i∈M"):
         assert formula in text
 
 

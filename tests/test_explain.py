@@ -1,4 +1,5 @@
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -98,3 +99,38 @@ def test_page_renders_in_headless_chromium(trained_run, tmp_path):
     assert not console, console
     colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # not a blank page
+
+
+@pytest.fixture(scope="module")
+def bert_run(tmp_path_factory):
+    from conftest import tiny_config
+    base = tmp_path_factory.mktemp("bert")
+    text = base / "t.txt"
+    text.write_text("the cat sat on the mat. the dog sat on the log. 猫坐在垫子上。\n" * 80, encoding="utf-8")
+    cfg = tiny_config(base / "run", text, max_iters=40)
+    cfg.model.type, cfg.data.tokenizer, cfg.data.vocab_size, cfg.train.objective = "bert", "wordpiece", 120, "mlm"
+    return lmkit.train(cfg, progress=False).out_dir
+
+
+def test_bert_explain_shows_bidirectional_attention(bert_run, tmp_path):
+    lm = lmkit.load(bert_run)
+    a = analyse(lm, "the cat sat 猫")
+    assert a["tokens"][0] == "[CLS]" and a["tokens"][-1] == "[SEP]" and not a["causal"]
+    att = torch.tensor(a["attention"][0])
+    assert torch.allclose(att.sum(-1), torch.ones(att.shape[:2]), atol=1e-5)
+    assert att[..., torch.ones(att.shape[-1], att.shape[-1], dtype=torch.bool).triu(1)].sum() > 0.1  # sees the future
+    assert all(s is None for s in a["surprisal"])
+    assert write_page(lm, "the cat sat 猫", tmp_path / "b.html").is_file()
+
+
+def test_bert_evaluate_reports_masked_accuracy(bert_run, tmp_path, capsys):
+    from lmkit.evaluate.lm import evaluate_mlm
+    f = tmp_path / "t.txt"
+    f.write_text("the cat sat on the mat. the dog sat on the log.\n" * 20, encoding="utf-8")
+    lm = lmkit.load(bert_run)
+    s = evaluate_mlm(lm, str(f), progress=False)
+    assert s.masked_tokens > 20 and 0 <= s.masked_top1_accuracy <= s.masked_top5_accuracy <= 1
+    assert abs(s.perplexity - math.exp(s.loss)) < 1e-6 * s.perplexity
+    assert s == evaluate_mlm(lm, str(f), progress=False)  # the same masks every time (fixed seed)
+    assert main(["evaluate", str(bert_run), "--data", str(f)]) == 0
+    assert "masked top-1 accuracy" in capsys.readouterr().out

@@ -428,13 +428,21 @@ def cmd_quickstart(a) -> None:
 def cmd_evaluate(a) -> None:
     import json as _json
     from .api import load
-    from .evaluate.lm import evaluate_lm
+    from .evaluate.lm import evaluate_lm, evaluate_mlm
     from .io import atomic_write_text
     lm = load(a.run_dir)
-    s = evaluate_lm(lm, a.data, a.text_field, a.errors, batch_size=a.batch_size, max_tokens=a.max_tokens)
-    rows = [("tokens", f"{s.tokens:,}"), ("bytes", f"{s.bytes:,}"), ("loss (nats/token)", f"{s.loss:.4f}"),
-            ("perplexity", f"{s.perplexity:.3f}"), ("bits per byte", f"{s.bits_per_byte:.4f}"),
-            ("top-1 accuracy", f"{100 * s.top1_accuracy:.2f}%"), ("top-5 accuracy", f"{100 * s.top5_accuracy:.2f}%")]
+    if lm.config.model.type == "bert":
+        s = evaluate_mlm(lm, a.data, a.text_field, a.errors, batch_size=a.batch_size, max_tokens=a.max_tokens)
+        rows = [("masked tokens", f"{s.masked_tokens:,}"), ("loss (nats/masked token)", f"{s.loss:.4f}"),
+                ("pseudo-perplexity", f"{s.perplexity:.3f}"),
+                ("masked top-1 accuracy", f"{100 * s.masked_top1_accuracy:.2f}%"),
+                ("masked top-5 accuracy", f"{100 * s.masked_top5_accuracy:.2f}%")]
+    else:
+        s = evaluate_lm(lm, a.data, a.text_field, a.errors, batch_size=a.batch_size, max_tokens=a.max_tokens)
+        rows = [("tokens", f"{s.tokens:,}"), ("bytes", f"{s.bytes:,}"), ("loss (nats/token)", f"{s.loss:.4f}"),
+                ("perplexity", f"{s.perplexity:.3f}"), ("bits per byte", f"{s.bits_per_byte:.4f}"),
+                ("top-1 accuracy", f"{100 * s.top1_accuracy:.2f}%"),
+                ("top-5 accuracy", f"{100 * s.top5_accuracy:.2f}%")]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v:>12}")

@@ -57,9 +57,12 @@ def analyse(lm, text: str, top_k: int = 10) -> dict:
     if not body:
         raise LmkitError("explain: the text is empty")
     causal = getattr(model, "is_causal", True)
-    prefix = [tok.eot_id] if causal and tok.eot_id is not None else []  # predict the first token too
-    ids = (prefix + body)[-model.config.block_size:]
-    first = max(0, len(ids) - len(body))  # position of the text's first token
+    if causal:
+        prefix = [tok.eot_id] if tok.eot_id is not None else []  # predict the first token too
+        ids = (prefix + body)[-model.config.block_size:]
+    else:  # an encoder reads [CLS] text [SEP], every token seeing every other
+        ids = [tok.cls_id] + body[: model.config.block_size - 2] + [tok.sep_id]
+    first = max(0, len(ids) - len(body)) if causal else 1  # position of the text's first token
     model.eval()
     with record_attention() as maps:
         logits = model(torch.tensor([ids], device=lm.device))[0][0].float()  # (T, V)
@@ -196,8 +199,8 @@ D.tokens.forEach((t,i)=>{ const s=document.createElement("span"); s.className="t
 function topk(i){ const rows=D.topk[i].map(([t,p])=>`<tr><td>${show(t)}</td><td>${(100*p).toFixed(2)}%</td><td><span class="bar" style="width:${Math.round(300*p)}px"></span></td></tr>`).join("");
   document.getElementById("topk").innerHTML=`<p>${D.causal?"Next token after":"At"} <b>${show(D.tokens[i])}</b> (position ${i}):</p><table><tr><th>token</th><th>p</th><th></th></tr>${rows}</table>`; }
 const L=document.getElementById("layer"), H=document.getElementById("head"), A=document.getElementById("attn");
-D.attention.forEach((_,i)=>L.add(new Option(i,i))); D.attention[0].forEach((_,h)=>H.add(new Option(h,h)));
-function attnView(q){ const m=D.attention[+L.value][+H.value];
+D.attention.forEach((_,i)=>L.add(new Option(i,i))); (D.attention[0]||[]).forEach((_,h)=>H.add(new Option(h,h)));
+function attnView(q){ if(!D.attention.length) return; const m=D.attention[+L.value][+H.value];
   [...A.children].forEach((s,k)=>{ const w=q===null?0:m[q][k]; s.style.background=`rgba(74,123,208,${Math.min(1,w*1.5)})`; s.classList.toggle("sel",k===q); }); }
 D.tokens.forEach((t,i)=>{ const s=document.createElement("span"); s.className="tok"; s.innerHTML=show(t);
   s.onmouseenter=()=>attnView(i); A.appendChild(s); });

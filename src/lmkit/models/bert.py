@@ -53,6 +53,8 @@ class Block(nn.Module):
 
 
 class BERT(nn.Module):
+    is_causal = False  # every position sees every other (non-padding) position
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         assert cfg.vocab_size > 0, "vocab_size must be set from the tokenizer before building the model"
