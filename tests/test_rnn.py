@@ -35,3 +35,19 @@ def test_rnn_state_carries_between_steps_like_a_cache(cell):
     step_logits = [model(idx[:, t:t + 1], cache=state, last_only=True)[0] for t in range(5)]
     torch.testing.assert_close(torch.cat(step_logits, dim=1), full, atol=1e-5, rtol=1e-5)
     assert state.pos == 5
+
+
+def test_rnn_batch_of_different_lengths_equals_each_alone():
+    import torch
+    from lmkit.config import ModelConfig
+    from lmkit.generate import SamplingConfig, generate_ids
+    from lmkit.models import build_model
+    torch.manual_seed(0)
+    for rnn in ("lstm", "gru"):
+        model = build_model(ModelConfig(type="lstm", rnn=rnn, vocab_size=30, n_layer=2, n_embd=16, block_size=64)).eval()
+        prompts = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]]
+        cfg = SamplingConfig(max_new_tokens=12, temperature=0)
+        batch = torch.stack(list(generate_ids(model, prompts, cfg)), 1)
+        for i, p in enumerate(prompts):
+            alone = torch.stack(list(generate_ids(model, torch.tensor([p]), cfg)), 1)[0]
+            assert torch.equal(batch[i], alone), (rnn, i)

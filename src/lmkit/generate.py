@@ -236,7 +236,7 @@ class Decoder:
         if self.seen is not None:
             self.seen = self.seen[sel]
         if self.cache is not None:
-            self.cache.k, self.cache.v = self.cache.k[:, sel], self.cache.v[:, sel]
+            self.cache.select(sel)
         empty = int(self.mask.any(dim=0).long().argmax())  # leading columns that are padding in every row
         if empty:
             self.idx, self.mask = self.idx[:, empty:], self.mask[:, empty:]
@@ -244,9 +244,7 @@ class Decoder:
             before = self.idx.size(1) + empty - self.fresh - c.pos if c is not None else 0
             n = max(0, empty - before)
             if c is not None and c.pos and n:
-                c.k[..., :c.pos - n, :] = c.k[..., n:c.pos, :].clone()
-                c.v[..., :c.pos - n, :] = c.v[..., n:c.pos, :].clone()
-                c.pos -= n
+                c.drop_front(n)
         self.padded = not bool(self.mask.all())
 
 

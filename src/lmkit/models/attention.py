@@ -97,3 +97,13 @@ class KVCache:
 
     def advance(self, t: int) -> None:
         self.pos += t
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (generation drops finished sequences)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
+    def drop_front(self, n: int) -> None:
+        """Forget the first n cached positions (columns that became padding in every row)."""
+        self.k[..., :self.pos - n, :] = self.k[..., n:self.pos, :].clone()
+        self.v[..., :self.pos - n, :] = self.v[..., n:self.pos, :].clone()
+        self.pos -= n

@@ -31,6 +31,14 @@ class RNNState:
             self.state = None
         self._pos = value
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (the state's batch dimension is 1)."""
+        if self.state is not None:
+            self.state = tuple(s[:, rows] for s in self.state) if isinstance(self.state, tuple) else self.state[:, rows]
+
+    def drop_front(self, n: int) -> None:
+        self._pos -= n  # the state summarises the past; only the position count moves
+
 
 class RNNLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -51,16 +59,39 @@ class RNNLM(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def encode(self, idx: torch.Tensor, cache: RNNState | None = None) -> torch.Tensor:
-        """idx (B, T) -> hidden states (B, T, C), continuing from (and updating) `cache` when given."""
+    def encode(self, idx: torch.Tensor, cache: RNNState | None = None,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) -> hidden states (B, T, C), continuing from (and updating) `cache` when given.
+        With a left-padded `attention_mask` (B, past + T), each row runs over its real tokens only, so
+        padding never enters its state."""
+        if attention_mask is not None and not bool(attention_mask[:, -idx.size(1):].all()):
+            return self._encode_rows(idx, cache, attention_mask[:, -idx.size(1):].bool())
         x, state = self.rnn(self.drop(self.wte(idx)), cache.state if cache is not None else None)
         if cache is not None:
             cache.state = state
             cache.pos += idx.size(1)
         return self.ln_f(self.drop(x))
 
-    def forward(self, idx, targets=None, cache: RNNState | None = None, last_only: bool = False):
-        x = self.encode(idx, cache)
+    def _encode_rows(self, idx, cache, mask):
+        prev = cache.state if cache is not None else None
+        pick = lambda st, i: None if st is None else (tuple(s[:, i:i + 1] for s in st) if isinstance(st, tuple)
+                                                      else st[:, i:i + 1])  # noqa: E731
+        outs, states = [], []
+        for i in range(idx.size(0)):
+            x, st = self.rnn(self.drop(self.wte(idx[i:i + 1, mask[i]])), pick(prev, i))
+            out = x.new_zeros(1, idx.size(1), x.size(-1))
+            out[:, mask[i]] = x
+            outs.append(out)
+            states.append(st)
+        if cache is not None:
+            cat = lambda parts: torch.cat(parts, dim=1)  # noqa: E731
+            cache.state = tuple(map(cat, zip(*states))) if isinstance(states[0], tuple) else cat(states)
+            cache.pos += idx.size(1)
+        return self.ln_f(self.drop(torch.cat(outs)))
+
+    def forward(self, idx, targets=None, cache: RNNState | None = None, last_only: bool = False,
+                attention_mask: torch.Tensor | None = None):
+        x = self.encode(idx, cache, attention_mask)
         if targets is None:
             return self.lm_head(x[:, -1:] if last_only else x), None
         logits = self.lm_head(x)  # (B, T, V)
