@@ -34,7 +34,6 @@ def main() -> None:
     recs = [json.loads(l) for l in open(Path(out) / "metrics.jsonl")]
     val = [r for r in recs if "val_loss" in r][-1]
     steps = [r for r in recs if "tok_per_s" in r]
-    train_time = steps[-1]["time"]
     tps = sum(r["tok_per_s"] for r in steps[1:]) / max(1, len(steps) - 1)
     ms_per_it = 1000 * steps[-1]["tokens"] / tps / steps[-1]["step"]
     report(f"shakespeare_char ({a.config} {' '.join(a.overrides)})",

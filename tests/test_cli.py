@@ -2,9 +2,7 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 
 from lmkit.cli import main
 

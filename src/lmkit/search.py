@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .data.sources import iter_documents
 from .errors import LmkitError
+from .io import atomic_dir
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 ANN_THRESHOLD = 50_000
@@ -117,9 +116,7 @@ def build_index(source: str, out_dir: str | Path, model: str | Path | None = Non
     vectors = enc.embed([c["text"] for c in chunks], progress=progress)
     meta = {"model": str(enc.path), "dim": int(vectors.shape[1]), "chunks": len(chunks), "documents": len(docs),
             "chunk_tokens": chunk_tokens, "overlap": overlap, "source": source}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         np.save(tmp / "vectors.npy", vectors)
         with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as f:
             for c in chunks:
@@ -127,12 +124,6 @@ def build_index(source: str, out_dir: str | Path, model: str | Path | None = Non
         if len(chunks) >= ANN_THRESHOLD:
             meta["ann"] = build_ann(vectors, tmp / "hnsw.faiss")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

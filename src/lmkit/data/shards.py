@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import LmkitError
+from ..io import atomic_dir
 from ..tokenizer import Tokenizer
 from .sources import iter_documents
 
@@ -64,18 +64,10 @@ def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction
     if tokenizer.eot_id is None:
         raise LmkitError("tokenizer has no <|endoftext|> token to separate documents")
     dtype = dtype_for(tokenizer.vocab_size)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         meta = _write(source, tmp, tokenizer, dtype, val_fraction, text_field, errors, progress)
         tokenizer.save(tmp / "tokenizer.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
