@@ -207,3 +207,18 @@ def test_bert_export_loads_as_masked_lm(tmp_path, wp_tok):
     assert max_diff_on_real_tokens(ours, ref, mask) <= 1e-4
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tok.mask_token == "[MASK]" and hf_tok.cls_token == "[CLS]"
+
+
+def test_explain_and_evaluate_work_on_an_imported_model(tmp_path, tok):
+    from lmkit.evaluate.lm import evaluate_lm
+    from lmkit.explain import analyse
+    hf_gpt2(tmp_path / "hf", tok)
+    tok.save(tmp_path / "hf" / "tokenizer.json")
+    lm = lmkit.load(tmp_path / "hf")
+    a = analyse(lm, "The quick brown fox 狐狸")
+    assert len(a["attention"]) == 2 and a["attention"][0].shape[0] == 4
+    assert all(s is not None and s > 0 for s in a["surprisal"][1:])
+    f = tmp_path / "t.txt"
+    f.write_text(TEXT[:400], encoding="utf-8")
+    s = evaluate_lm(lm, str(f), progress=False)
+    assert s.tokens > 50 and s.perplexity > 1
