@@ -106,3 +106,19 @@ def test_server_embeddings_endpoint(trained_run, encoder):
         bad = httpx.post(url + "/v1/embeddings", json={"model": name, "input": []})
         assert bad.status_code == 400 and "input" in bad.json()["error"]["message"]
         assert httpx.post(url + "/v1/embeddings", json={"model": "nope", "input": "x"}).status_code == 404
+
+
+def test_wrong_encoder_and_long_query(index_dir, tmp_path, capsys):
+    from conftest import tiny_config
+    import lmkit
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat.\n" * 60, encoding="utf-8")
+    cfg = tiny_config(tmp_path / "bert", text, max_iters=2)
+    cfg.model.type, cfg.data.tokenizer, cfg.data.vocab_size, cfg.train.objective = "bert", "wordpiece", 120, "mlm"
+    run = lmkit.train(cfg, progress=False).out_dir
+    assert main(["search", str(index_dir), "cat", "--model", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "was built with" in err and str(run) in err
+    idx = search.Index(index_dir)
+    assert idx.search("bread " * 400, k=1, mode="dense")[0].source.endswith("food.txt")
+    assert "truncated" in capsys.readouterr().err

@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index folder written by lmkit embed")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    p.add_argument("--model", default=None, help="the encoder to query with (default: the one the index was built with; "
+                                                 "another one is refused)")
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid",
                    help="ranking (default hybrid, the best on the XSum check; see benchmarks/RESULTS.md)")
 
@@ -507,7 +509,11 @@ def cmd_search(a) -> None:
     from .search import Index
     if a.k < 1:
         raise LmkitError(f"-k must be >= 1 (got {a.k})")
-    for rank, hit in enumerate(Index(a.index).search(a.query, a.k, a.mode), 1):
+    encoder = None
+    if a.model is not None:
+        from .search import Encoder
+        encoder = Encoder(a.model)
+    for rank, hit in enumerate(Index(a.index, encoder).search(a.query, a.k, a.mode), 1):
         text = " ".join(hit.text.split())
         print(f"{rank}. [{hit.score:.4f}] {hit.source} chars {hit.start}-{hit.end}\n   {text[:300]}")
 

@@ -158,6 +158,9 @@ class Index:
         if not (self.path / "meta.json").is_file():
             raise LmkitError(f"{self.path}: not an index folder (no meta.json; make one with lmkit embed)")
         self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+        if encoder is not None and Path(encoder.path).resolve() != Path(self.meta["model"]).resolve():
+            raise LmkitError(f"{self.path}: the index was built with {self.meta['model']}, "
+                             f"not with {encoder.path}; query it with the same model")
         self.vectors = np.load(self.path / "vectors.npy")
         self.chunks = [json.loads(l) for l in open(self.path / "chunks.jsonl", encoding="utf-8")]
         self.encoder = encoder or Encoder(self.meta["model"], max_len=self.meta["chunk_tokens"] + 2)
@@ -168,7 +171,13 @@ class Index:
             self._ann = faiss.read_index(str(self.path / "hnsw.faiss"))
 
     def dense_ranking(self, query: str, n: int) -> list[tuple[int, float]]:
-        q = self.encoder.embed([query])
+        ids = self.encoder.tokenizer.encode(query)
+        room = self.encoder.max_len - 2
+        if len(ids) > room:
+            import sys
+            print(f"warning: the query is {len(ids)} tokens; the encoder reads {room}, so it was truncated",
+                  file=sys.stderr)
+        q = self.encoder.embed_ids([ids])
         if self._ann is not None:
             scores, ids = self._ann.search(q, n)
             return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
