@@ -315,9 +315,11 @@ def resolve_hub(path: str | Path) -> Path:
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write a Hugging Face checkpoint as an lmkit run directory."""
+    """Write a Hugging Face checkpoint as an lmkit run directory. The weights go straight from the renamed
+    state dict to model.safetensors; the model is built on the meta device only to check names and shapes,
+    so no second full copy is allocated."""
     from .models import build_model
-    from .train.checkpoint import clear_run, holds_run, save_weights
+    from .train.checkpoint import clear_run, holds_run
     hf_dir, out_dir = resolve_hub(hf_dir), Path(out_dir)
     if holds_run(out_dir):
         if not overwrite:
@@ -325,11 +327,20 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
         clear_run(out_dir)
     cfg, sd, tok = from_hf(hf_dir)
     cfg.train.out_dir = str(out_dir)
-    model = build_model(cfg.model)
-    model.load_state_dict(sd, strict=not cfg.model.tie_embeddings)
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in build_model(cfg.model).state_dict().items()}
+    if cfg.model.tie_embeddings and cfg.model.type == "gpt":
+        expected.pop("lm_head.weight", None)
+        sd.pop("lm_head.weight", None)
+    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
+    if missing or unexpected or wrong:
+        raise LmkitError(f"{hf_dir}: weights do not fit config.json (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}, wrong shape {wrong[:3]})")
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(out_dir / "tokenizer.json")
-    save_weights(model, out_dir / "model.safetensors", step=0)
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={"format": "pt", "step": "0"})
     save_json(cfg, out_dir / "config.json")
     return out_dir
 
