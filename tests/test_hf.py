@@ -254,3 +254,30 @@ def test_imported_tokenizers_match_transformers_on_1000_lines(tmp_path, tok):
     ours = lmkit.hf.read_hf_tokenizer(path)
     theirs = transformers.AutoTokenizer.from_pretrained(path)
     assert [ours.encode(l) for l in lines] == [theirs(l, add_special_tokens=False)["input_ids"] for l in lines]
+
+
+class PickledNote:
+    """An object, not a tensor: a weights-only load must refuse it."""
+
+
+def test_bad_hf_folders_get_one_line_errors(tmp_path, tok):
+    theirs = hf_gpt2(tmp_path / "hf", tok)
+    tok.save(tmp_path / "hf" / "tokenizer.json")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    with pytest.raises(LmkitError, match="no model.safetensors"):
+        lmkit.load(tmp_path / "hf")
+    torch.save({"weights": theirs.state_dict(), "note": PickledNote()}, tmp_path / "hf" / "pytorch_model.bin")
+    with pytest.raises(LmkitError, match="holds more than tensors.*never unpickles.*save_file"):
+        lmkit.load(tmp_path / "hf")
+    sd = {k: v for k, v in theirs.state_dict().items()}
+    sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:10]
+    torch.save(sd, tmp_path / "hf" / "pytorch_model.bin")
+    with pytest.raises(LmkitError, match="do not fit config.json"):
+        lmkit.load(tmp_path / "hf")
+    with pytest.raises(LmkitError, match="wrong shape.*wpe"):
+        import_hf(tmp_path / "hf", tmp_path / "run")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg["vocab_size"] = 100
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(LmkitError, match=f"tokenizer has {tok.vocab_size} tokens but config.json's vocab_size is 100"):
+        lmkit.load(tmp_path / "hf")

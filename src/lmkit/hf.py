@@ -10,6 +10,7 @@ Weights are read from safetensors, or from pytorch_model.bin only with torch.loa
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -57,7 +58,15 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
             return out
         pt = path / "pytorch_model.bin"
         if pt.is_file():
-            return torch.load(pt, map_location="cpu", weights_only=True)
+            try:
+                return torch.load(pt, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                raise LmkitError(
+                    f"{pt}: holds more than tensors, and lmkit never unpickles a file it is handed; if you trust it, "
+                    "convert it once with: python -c \"import torch; from safetensors.torch import save_file; "
+                    "save_file(torch.load('pytorch_model.bin', weights_only=False), 'model.safetensors')\"") from None
+    except LmkitError:
+        raise
     except Exception as e:  # safetensors / torch raise several types on damaged files
         raise LmkitError(f"{path}: cannot read the weights ({str(e).splitlines()[0][:160]})")
     raise LmkitError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
@@ -281,6 +290,9 @@ def from_hf(path: str | Path) -> tuple[Config, dict, Tokenizer]:
         raise LmkitError(f"{path / 'config.json'}: model_type '{kind}' is not supported "
                          f"(supported: {', '.join(SUPPORTED)})")
     tok = read_hf_tokenizer(path)
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise LmkitError(f"{path}: the tokenizer has {tok.vocab_size} tokens but config.json's vocab_size is "
+                         f"{cfg.model.vocab_size}: ids past the embedding table would fail")
     cfg.train.dtype = "float32"
     return cfg, sd, tok
 
@@ -292,7 +304,10 @@ def load_hf(path: str | Path, device: str = "cpu"):
     path = resolve_hub(path)
     cfg, sd, tok = from_hf(path)
     model = build_model(cfg.model)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise LmkitError(f"{path}: weights do not fit config.json ({str(e).splitlines()[-1].strip()[:200]})")
     missing = [k for k in missing if not (k == "lm_head.weight" and cfg.model.tie_embeddings)]
     if missing or unexpected:
         raise LmkitError(f"{path}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
