@@ -281,3 +281,30 @@ def test_bad_hf_folders_get_one_line_errors(tmp_path, tok):
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LmkitError, match=f"tokenizer has {tok.vocab_size} tokens but config.json's vocab_size is 100"):
         lmkit.load(tmp_path / "hf")
+
+
+def test_bert_sequence_classification_round_trip(tmp_path, wp_tok):
+    from lmkit.finetune.classify import load_classifier
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=wp_tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                                  num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"},
+                                  label2id={"neg": 0, "neu": 1, "pos": 2})
+    theirs = transformers.BertForSequenceClassification(cfg).eval()
+    theirs.save_pretrained(tmp_path / "hf")
+    wp_tok.save(tmp_path / "hf" / "tokenizer.json")
+    assert lmkit.load(tmp_path / "hf").config.model.type == "bert"  # load: the encoder; import-hf: the classifier
+    import_hf(tmp_path / "hf", tmp_path / "clf")
+    clf = load_classifier(tmp_path / "clf")
+    assert clf.meta["labels"] == ["neg", "neu", "pos"]
+    ids, mask = padded_batch(wp_tok.vocab_size)
+    with torch.no_grad():
+        ref = theirs(input_ids=ids, attention_mask=mask).logits
+        ours = clf.model.eval()(ids, mask)[0]
+    assert (ours - ref).abs().max().item() <= 1e-4
+    out = export_hf(tmp_path / "clf", tmp_path / "back")
+    again, info = transformers.AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert again.config.id2label[2] == "pos"
+    with torch.no_grad():
+        assert (again.eval()(input_ids=ids, attention_mask=mask).logits - ref).abs().max().item() <= 1e-4

@@ -232,8 +232,8 @@ def bert_from_hf(hc: dict, path: Path) -> tuple[Config, dict]:
     cfg.model = config_from_hf(hc)
     cfg.model.dropout = 0.0
     cfg.train.objective = "mlm"
-    try:
-        sd = hf_bert_to_lmkit(read_hf_weights(path))
+    try:  # a classification checkpoint's head is not part of the encoder (import-hf keeps it: see below)
+        sd = hf_bert_to_lmkit({k: v for k, v in read_hf_weights(path).items() if not k.startswith("classifier.")})
     except KeyError as e:
         raise LmkitError(f"{path}: unexpected weight {e} for a BERT model")
     fresh = build_model(cfg.model).state_dict()
@@ -270,6 +270,64 @@ def lmkit_to_bert(sd: dict, cfg: Config) -> tuple[dict, dict]:
           "type_vocab_size": m.type_vocab_size, "layer_norm_eps": m.norm_eps, "hidden_dropout_prob": 0.0,
           "attention_probs_dropout_prob": 0.0, "tie_word_embeddings": True, "pad_token_id": 0}
     return {k: v.contiguous() for k, v in out.items()}, hc
+
+
+def import_bert_classifier(hf_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
+    """BertForSequenceClassification -> an lmkit classifier run (what `lmkit finetune classify` writes):
+    BERT encoder, [CLS] pooling, head = pooler dense + tanh + classifier, labels from id2label."""
+    from .finetune.classify import Classifier, model_meta, save_classifier
+    from .models import build_model
+    from .models.bert import config_from_hf, hf_bert_to_lmkit
+    hc = read_hf_config(hf_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise LmkitError(f"{out_dir}: folder is not empty (use --overwrite)")
+    sd = read_hf_weights(hf_dir)
+    head = {"head.1.weight": sd.pop("bert.pooler.dense.weight", None), "head.1.bias": sd.pop("bert.pooler.dense.bias", None),
+            "head.4.weight": sd.pop("classifier.weight", None), "head.4.bias": sd.pop("classifier.bias", None)}
+    if any(v is None for v in head.values()):
+        raise LmkitError(f"{hf_dir}: a BertForSequenceClassification checkpoint needs bert.pooler.dense and classifier weights")
+    mcfg = config_from_hf(hc)
+    mcfg.dropout = 0.0
+    backbone = build_model(mcfg)
+    backbone.load_state_dict({**backbone.state_dict(), **hf_bert_to_lmkit(sd)})  # no MLM head in this checkpoint
+    n = head["head.4.weight"].size(0)
+    id2label = hc.get("id2label") or {str(i): f"LABEL_{i}" for i in range(n)}
+    labels = [str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in range(n)]
+    model = Classifier(backbone, "bert", "cls", n)
+    model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
+    save_classifier(model, read_hf_tokenizer(hf_dir), model_meta(model, labels, mcfg.block_size,
+                                                                  {"text_field": "sentence", "label_field": "label"}),
+                    out_dir)
+    return out_dir
+
+
+def export_bert_classifier(run_dir: Path, out_dir: Path) -> Path:
+    """An lmkit BERT classifier run with [CLS] pooling -> BertForSequenceClassification."""
+    from .finetune.classify import load_classifier
+    clf = load_classifier(run_dir)
+    if clf.meta["backbone"] != "bert" or clf.meta["pooling"] != "cls":
+        raise LmkitError(f"export-hf: only BERT classifiers with [CLS] pooling have a Hugging Face form "
+                         f"(this one: {clf.meta['backbone']}, {clf.meta['pooling']} pooling)")
+    cfg = Config()
+    cfg.model = clf.model.backbone.config
+    sd, hc = lmkit_to_bert({k: v.detach() for k, v in clf.model.backbone.state_dict().items()}, cfg)
+    sd = {k: v for k, v in sd.items() if k.startswith("bert.")}  # no MLM head in this format
+    h = clf.model.head
+    sd.update({"bert.pooler.dense.weight": h[1].weight.detach(), "bert.pooler.dense.bias": h[1].bias.detach(),
+               "classifier.weight": h[4].weight.detach(), "classifier.bias": h[4].bias.detach()})
+    labels = clf.meta["labels"]
+    hc.update({"architectures": ["BertForSequenceClassification"], "num_labels": len(labels),
+               "id2label": {str(i): l for i, l in enumerate(labels)}, "label2id": {l: i for i, l in enumerate(labels)},
+               "pad_token_id": clf.tokenizer.pad_id or 0, "torch_dtype": "float32"})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(out_dir / "config.json", json.dumps(hc, indent=2, ensure_ascii=False) + "\n")
+    clf.tokenizer.save(out_dir / "tokenizer.json")
+    tc = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.model.block_size,
+          "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+    atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(tc, indent=2) + "\n")
+    return out_dir
 
 
 # ---- import -----------------------------------------------------------------------------------------
@@ -336,6 +394,8 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, overwrite: bool = False) 
     from .models import build_model
     from .train.checkpoint import clear_run, holds_run
     hf_dir, out_dir = resolve_hub(hf_dir), Path(out_dir)
+    if "BertForSequenceClassification" in (read_hf_config(hf_dir).get("architectures") or []):
+        return import_bert_classifier(hf_dir, out_dir, overwrite)
     if holds_run(out_dir):
         if not overwrite:
             raise LmkitError(f"{out_dir}: already holds a run (use --overwrite to replace it)")
@@ -399,6 +459,8 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, fmt: str = "auto", overw
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise LmkitError(f"{out_dir}: folder is not empty (use --overwrite)")
+    if (Path(run_dir) / "classifier.json").is_file():  # written by lmkit finetune classify
+        return export_bert_classifier(Path(run_dir), out_dir)
     lm = load(run_dir)
     cfg = lm.config
     fmt = export_format(cfg, fmt)
