@@ -63,8 +63,8 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
             except pickle.UnpicklingError:
                 raise LmkitError(
                     f"{pt}: holds more than tensors, and lmkit never unpickles a file it is handed; if you trust it, "
-                    "convert it once with: python -c \"import torch; from safetensors.torch import save_file; "
-                    "save_file(torch.load('pytorch_model.bin', weights_only=False), 'model.safetensors')\"") from None
+                    "convert it once to safetensors, e.g. with transformers: AutoModel.from_pretrained(DIR)"
+                    ".save_pretrained(DIR, safe_serialization=True)") from None
     except LmkitError:
         raise
     except Exception as e:  # safetensors / torch raise several types on damaged files
