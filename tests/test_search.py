@@ -80,7 +80,8 @@ def test_cli_embed_and_search(tmp_path, capsys):
     assert main(["embed", "--data", str(f), "--text-field", "body", "--out", str(tmp_path / "i")]) == 0
     assert main(["search", str(tmp_path / "i"), "list reverse python", "-k", "2"]) == 0
     out = capsys.readouterr().out
-    assert "rows.jsonl:5" in out.split("2.")[0]  # the code row ranks first
+    first = next(l for l in out.splitlines() if l.startswith("1. "))
+    assert "rows.jsonl:5 " in first  # the code row ranks first
     assert main(["search", str(tmp_path), "x"]) == 2
     assert "not an index folder" in capsys.readouterr().err
     assert main(["embed", "--data", str(f), "--text-field", "body", "--out", str(tmp_path / "i")]) == 2

@@ -229,8 +229,7 @@ def bert_from_hf(hc: dict, path: Path) -> tuple[Config, dict]:
     _need(hc.get("position_embedding_type", "absolute") == "absolute", path, "only absolute positions are supported")
     _need(hc.get("hidden_act", "gelu") == "gelu", path, f"hidden_act '{hc.get('hidden_act')}' is not supported (gelu)")
     cfg = Config()
-    cfg.model = config_from_hf(hc)
-    cfg.model.dropout = 0.0
+    cfg.model = config_from_hf(hc)  # keeps the checkpoint's dropout, for fine-tuning; eval() turns it off
     cfg.train.objective = "mlm"
     try:  # a classification checkpoint's head is not part of the encoder (import-hf keeps it: see below)
         sd = hf_bert_to_lmkit({k: v for k, v in read_hf_weights(path).items() if not k.startswith("classifier.")})

@@ -97,30 +97,12 @@ def load_base(base: str | Path) -> tuple[nn.Module, str, Tokenizer]:
         from ..api import load
         lm = load(base)
         return lm.model.train(), lm.config.model.type, lm.tokenizer
-    if raw.get("model_type") == "bert":
-        return _load_hf_bert(base, raw), "bert", Tokenizer.load(base)
+    if raw.get("model_type") == "bert":  # the one Hugging Face reader, hf.py
+        from ..hf import load_hf
+        lm = load_hf(base)
+        return lm.model.train(), "bert", lm.tokenizer
     raise LmkitError(f"{base}: config.json is neither an lmkit run nor a Hugging Face BERT model "
                      f"(model_type {raw.get('model_type')!r})")
-
-
-def _load_hf_bert(base: Path, raw: dict) -> nn.Module:
-    from safetensors.torch import load_file
-    from ..models.bert import BERT, config_from_hf, hf_bert_to_lmkit
-    if (base / "model.safetensors").is_file():
-        state = load_file(str(base / "model.safetensors"))
-    elif (base / "pytorch_model.bin").is_file():  # a weights-only load: tensors, never arbitrary objects
-        state = torch.load(base / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise LmkitError(f"{base}: no model.safetensors or pytorch_model.bin")
-    model = BERT(config_from_hf(raw))
-    try:
-        missing, unexpected = model.load_state_dict(hf_bert_to_lmkit(state), strict=False)
-    except (KeyError, RuntimeError) as e:
-        raise LmkitError(f"{base}: weights do not fit a BERT model ({str(e).splitlines()[0][:160]})")
-    missing = [k for k in missing if not k.startswith("mlm_")]  # BertModel has no MLM head; fine here
-    if missing or unexpected:
-        raise LmkitError(f"{base}: weights do not fit config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model
 
 
 # ---- turning texts into padded batches ---------------------------------------------------------------

@@ -96,6 +96,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def next_token_head(lm_head: nn.Module, x: torch.Tensor, targets: torch.Tensor | None, last_only: bool):
+    """Hidden states (B, T, C) -> logits (B, T, V) (only the last position with last_only) and, given
+    targets, the mean −log p(target) with softmax over the vocabulary in fp32 (stable under autocast);
+    -100 targets are ignored. Shared by every causal model (GPT, LSTM)."""
+    if targets is None:
+        return lm_head(x[:, -1:] if last_only else x), None
+    logits = lm_head(x)  # (B, T, V)
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    return logits, loss
+
+
 def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
     """PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] = cos(t / 10000^(2i/d))  (Vaswani et al., 2017)."""
     pos = torch.arange(max_len, dtype=torch.float32)[:, None]
@@ -172,13 +183,7 @@ class GPT(nn.Module):
         positions and the new ones. With it, a left-padded row behaves exactly as if it were alone: its
         positions count only its real tokens (position = cumsum(mask) − 1) and no query sees a padding key.
         """
-        x = self.encode(idx, cache, attention_mask)
-        if targets is None:
-            return self.lm_head(x[:, -1:] if last_only else x), None
-        logits = self.lm_head(x)  # (B, T, V)
-        # softmax over the vocabulary and −log p of the target, in fp32 for stability under autocast
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return next_token_head(self.lm_head, self.encode(idx, cache, attention_mask), targets, last_only)
 
     def encode(self, idx: torch.Tensor, cache: KVCache | None = None,
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import ModelConfig
+from .gpt import next_token_head
 
 
 class RNNState:
@@ -91,12 +91,7 @@ class RNNLM(nn.Module):
 
     def forward(self, idx, targets=None, cache: RNNState | None = None, last_only: bool = False,
                 attention_mask: torch.Tensor | None = None):
-        x = self.encode(idx, cache, attention_mask)
-        if targets is None:
-            return self.lm_head(x[:, -1:] if last_only else x), None
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        return logits, loss
+        return next_token_head(self.lm_head, self.encode(idx, cache, attention_mask), targets, last_only)
 
     def make_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> RNNState:
         return RNNState()
