@@ -68,7 +68,8 @@ def test_every_backbone_learns_the_task(files, kind, pooling):
     r = fit(files, kind, model=kind, pooling=pooling, epochs=5, learning_rate=1e-2 if kind == "bag-of-embeddings" else 5e-3)
     assert r["accuracy"] >= 0.85, r["history"]  # chance is 0.5
     best = max(h["accuracy"] for h in r["history"])
-    assert r["accuracy"] == best and len(r["history"]) == 5  # one evaluation per epoch, the best one kept
+    assert r["accuracy"] == best and len(r["history"]) == 6  # before training, then once per epoch; best kept
+    assert [h["epoch"] for h in r["history"]] == [0, 1, 2, 3, 4, 5]
     clf = load_classifier(files[2] / kind)
     assert [l for l, _ in clf.predict(["a great film", "a boring film"])] == ["1", "0"]
 

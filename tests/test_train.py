@@ -71,6 +71,16 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(text_file, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_time_budget_stops_evaluates_and_saves(text_file, tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "run", text_file, max_iters=10_000, max_minutes=1e-6)
+    result = lmkit.train(cfg)
+    assert result.step == cfg.train.log_interval  # the budget is checked at the first log
+    assert result.history[-1]["step"] == result.step and "val_loss" in result.history[-1]
+    assert lmkit.load(tmp_path / "run") is not None
+    captured = capsys.readouterr()
+    assert "max_minutes = 1e-06 is spent" in captured.out + captured.err
+
+
 def test_existing_run_is_refused_unless_resume_or_overwrite(text_file, tmp_path):
     cfg = tiny_config(tmp_path / "run", text_file, max_iters=2)
     lmkit.train(cfg, progress=False)
@@ -132,6 +142,8 @@ def test_config_errors(tmp_path):
         load_config(None, ["max_iters=ten"])
     with pytest.raises(LmkitError, match="pos = 'alibi' is not one of learned, sinusoidal, rope"):
         load_config(None, ["pos=alibi"])
+    with pytest.raises(LmkitError, match=r"max_minutes must be >= 0 \(got -1.0\)"):
+        load_config(None, ["max_minutes=-1"])
     f.write_text("[model]\nn_layer = 3\n[train]\nmax_iters = 7\n")
     cfg = load_config(f, ["model.n_embd=64", "n_head=4", "dropout=0.1", "bias=false"])
     assert (cfg.model.n_layer, cfg.train.max_iters, cfg.model.n_embd, cfg.model.dropout, cfg.model.bias) == \

@@ -110,6 +110,9 @@ def load(path: str | Path, device: str = "cpu") -> LM:
         raise LmkitError(f"{path}: no such run directory")
     if not (path / "config.json").is_file():
         raise LmkitError(f"{path}: not a run directory (no config.json)")
+    if (path / "classifier.json").is_file():
+        raise LmkitError(f"{path}: a text classifier (made by lmkit finetune classify); use `lmkit predict` "
+                         "or lmkit.finetune.classify.load_classifier")
     cfg = load_json(path / "config.json")
     tokenizer = Tokenizer.load(path / "tokenizer.json")
     model = build_model(cfg.model)

@@ -1,14 +1,15 @@
 """`lmkit finetune classify`: train a classifier on a labelled file, evaluate it each epoch, keep the best.
 
-Each step: a shuffled batch, right-padded → Classifier → cross-entropy → AdamW (lmkit's optimizer and
-warm-up + cosine schedule from train/optim.py). After every epoch (or every `eval_every` steps):
-accuracy, macro-F1 and the confusion matrix on the eval file; the best checkpoint so far is saved.
+The classifier trains in lmkit's one training loop (train/trainer.py) as a `ClassifyTask`: each step a
+length-bucketed, shuffled batch, right-padded → Classifier → cross-entropy → AdamW with warm-up + cosine.
+After every epoch (or every `eval_every` steps): eval loss, accuracy, macro-F1 and the confusion matrix on
+the eval file; the checkpoint is saved only when accuracy improves. The run directory is a normal lmkit
+run (config.json = the backbone's config, tokenizer.json, model.safetensors, metrics.jsonl, loss.png) plus
+classifier.json (labels, pooling, fields) that `lmkit predict` reads.
 """
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,12 +17,13 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
+from ..config import Config, DataConfig, TrainConfig
 from ..errors import LmkitError
+from ..io import atomic_write_text
 from ..tokenizer import Tokenizer
-from ..train.optim import lr_at, make_optimizer
+from ..train.trainer import Task, Trainer
 from .classify import (BACKBONES, POOLINGS, BagOfEmbeddings, Classifier, default_pooling, encode_texts,
-                       fresh_backbone, load_base, model_meta, pad_batch, save_classifier, warn)
+                       fresh_backbone, load_base, model_meta, pad_batch, warn)
 from .metrics import classification_report, format_confusion
 from .tabular import read_labeled
 
@@ -100,19 +102,83 @@ def length_bucketed(seqs: list[list[int]], batch_size: int, generator: torch.Gen
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+class LabeledBatches:
+    """Epoch after epoch of length-bucketed batches -> (ids, attention_mask, labels). The state (the
+    generator at the start of the epoch and the position in it) lets `--resume` redraw the same batches."""
+
+    def __init__(self, seqs: list[list[int]], labels: list[int], batch_size: int, seed: int, pad_id: int):
+        self.seqs, self.labels, self.batch_size, self.pad_id = seqs, labels, batch_size, pad_id
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.pos, self.order, self.epoch_start = 0, 0, [], self.generator.get_state()
+        self.steps_per_epoch = math.ceil(len(seqs) / batch_size)
+
+    def _new_epoch(self) -> None:
+        self.epoch_start = self.generator.get_state()
+        self.order, self.pos, self.epoch = length_bucketed(self.seqs, self.batch_size, self.generator), 0, self.epoch + 1
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.pos >= len(self.order):
+            self._new_epoch()
+        rows = self.order[self.pos]
+        self.pos += 1
+        idx, mask = pad_batch([self.seqs[i] for i in rows], self.pad_id)
+        return idx, mask, torch.tensor([self.labels[i] for i in rows])
+
+    def state_dict(self) -> dict:
+        return {"generator": self.epoch_start, "epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.epoch, self.pos, self.order = state["epoch"] - 1, 0, []
+        if state["epoch"]:
+            self._new_epoch()
+            self.pos = state["pos"]
+
+
+class ClassifyTask(Task):
+    """Classification in the training loop: accuracy on the eval file decides which checkpoint is kept."""
+    metric, higher_is_better = "accuracy", True
+
+    def __init__(self, tokenizer: Tokenizer, train: LabeledBatches, x_eval, y_eval, labels: list[str],
+                 meta: dict, progress: bool):
+        self.tokenizer, self.train_batches = tokenizer, train
+        self.x_eval, self.y_eval, self.labels, self.meta, self.progress = x_eval, y_eval, labels, meta, progress
+
+    def evaluate(self, trainer: Trainer) -> dict:
+        r = evaluate(trainer.model, self.x_eval, self.y_eval, len(self.labels), self.train_batches.pad_id,
+                     trainer.device)
+        epoch = self.train_batches.epoch  # 0: before training, the base's own accuracy with a fresh head
+        improved = r["accuracy"] > trainer.best_metric
+        if self.progress:
+            tqdm.write(f"epoch {epoch} step {trainer.step}: eval loss {r['loss']:.4f}, accuracy {r['accuracy']:.4f}, "
+                       f"macro-F1 {r['macro_f1']:.4f}{'  (best, saved)' if improved else ''}\n"
+                       + format_confusion(r["confusion"], self.labels))
+        return {"val": r["loss"], "epoch": epoch, "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                "confusion": r["confusion"]}
+
+    def save(self, trainer: Trainer, out_dir: Path) -> None:
+        import json
+        atomic_write_text(out_dir / "classifier.json", json.dumps(self.meta, indent=2) + "\n")
+
+
 @torch.no_grad()
 def evaluate(model: Classifier, seqs: list[list[int]], y: list[int], n_classes: int, pad_id: int,
              device, batch_size: int = 128) -> dict:
+    """Accuracy, macro-F1, confusion matrix and mean cross-entropy of `model` on (seqs, y)."""
+    was_training = model.training
     model.eval()
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths together: less padding
-    preds = [0] * len(seqs)
+    preds, loss_sum = [0] * len(seqs), 0.0
     for i in range(0, len(order), batch_size):
         rows = order[i:i + batch_size]
         idx, mask = pad_batch([seqs[r] for r in rows], pad_id)
-        for r, p in zip(rows, model(idx.to(device), mask.to(device))[0].argmax(dim=-1).tolist()):
+        labels = torch.tensor([y[r] for r in rows], device=device)
+        logits, loss = model(idx.to(device), mask.to(device), labels)
+        loss_sum += loss.item() * len(rows)
+        for r, p in zip(rows, logits.argmax(dim=-1).tolist()):
             preds[r] = p
-    model.train()
-    return classification_report(y, preds, n_classes)
+    model.train(was_training)
+    return {**classification_report(y, preds, n_classes), "loss": loss_sum / max(1, len(seqs))}
 
 
 def finetune_classify(c: ClassifyConfig) -> dict:
@@ -142,7 +208,7 @@ def finetune_classify(c: ClassifyConfig) -> dict:
     if kind not in BACKBONES:
         raise LmkitError(f"{c.base}: a '{kind}' model cannot be fine-tuned for classification")
     max_len = c.max_len if isinstance(backbone, BagOfEmbeddings) else min(c.max_len, backbone.config.block_size)
-    model = Classifier(backbone, kind, c.pooling or default_pooling(kind), len(labels), c.dropout).to(c.device)
+    model = Classifier(backbone, kind, c.pooling or default_pooling(kind), len(labels), c.dropout)
 
     index = {l: i for i, l in enumerate(labels)}
     x_train, cut = encode_texts(tokenizer, train.texts, kind, max_len)
@@ -155,73 +221,22 @@ def finetune_classify(c: ClassifyConfig) -> dict:
             warn(f"{path}: {n} of {total} texts in field {field!r} are longer than {max_len} tokens "
                  "(the model's context or --max-len) and were truncated")
 
-    steps_per_epoch = math.ceil(len(x_train) / c.batch_size)
-    total = steps_per_epoch * c.epochs
-    sched = TrainConfig(learning_rate=lr, min_lr=0.0, warmup_iters=max(1, total // 10), max_iters=total,
-                        weight_decay=c.weight_decay, beta2=0.999)
-    optimizer = make_optimizer(model, sched, torch.device(c.device).type)
-    pad_id = tokenizer.pad_id or 0
+    batches = LabeledBatches(x_train, y_train, c.batch_size, c.seed, tokenizer.pad_id or 0)
+    total = batches.steps_per_epoch * c.epochs
     fields = {"text_field": train.text_field, "label_field": train.label_field}
-    meta = model_meta(model, labels, max_len, fields)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = open(out / "metrics.jsonl", "w", encoding="utf-8")
-    best, history, step, t0 = None, [], 0, time.perf_counter()
+    task = ClassifyTask(tokenizer, batches, x_eval, y_eval, labels, model_meta(model, labels, max_len, fields),
+                        c.progress)
+    cfg = Config(model=backbone.config, data=DataConfig(data=str(c.train)), train=TrainConfig(
+        out_dir=str(out), max_iters=total, batch_size=c.batch_size, learning_rate=lr, min_lr=0.0,
+        warmup_iters=max(1, total // 10), weight_decay=c.weight_decay, beta2=0.999, grad_clip=1.0,
+        eval_interval=c.eval_every or batches.steps_per_epoch, log_interval=min(10, total), dtype="float32",
+        device=c.device, seed=c.seed, max_minutes=c.max_minutes))
     if c.progress:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{kind} classifier, {n_params / 1e6:.2f}M parameters, {len(x_train):,} training texts, "
-              f"{len(labels)} classes, {c.epochs} epoch(s) of {steps_per_epoch} steps, lr {lr:g}", flush=True)
-
-    def check(epoch: int, loss: float) -> None:
-        nonlocal best
-        r = evaluate(model, x_eval, y_eval, len(labels), pad_id, c.device)
-        rec = {"epoch": epoch, "step": step, "train_loss": round(loss, 5), "accuracy": r["accuracy"],
-               "macro_f1": r["macro_f1"], "confusion": r["confusion"], "time": round(time.perf_counter() - t0, 1)}
-        metrics.write(json.dumps(rec) + "\n")
-        metrics.flush()
-        history.append(rec)
-        is_best = best is None or r["accuracy"] > best["accuracy"]
-        if is_best:
-            best = rec
-            save_classifier(model, tokenizer, meta, out)
-        if c.progress:
-            tqdm.write(f"epoch {epoch} step {step}: train loss {loss:.4f}, eval accuracy {r['accuracy']:.4f}, "
-                       f"macro-F1 {r['macro_f1']:.4f}{'  (best, saved)' if is_best else ''}\n"
-                       + format_confusion(r["confusion"], labels))
-
-    generator = torch.Generator().manual_seed(c.seed)
-    model.train()
-    out_of_time = False
-    try:
-        for epoch in range(1, c.epochs + 1):
-            batches = length_bucketed(x_train, c.batch_size, generator)
-            bar = tqdm(batches, desc=f"epoch {epoch}/{c.epochs}", unit="batch", disable=not c.progress,
-                       dynamic_ncols=True)
-            running = math.nan
-            for b, rows in enumerate(bar):
-                idx, mask = pad_batch([x_train[i] for i in rows], pad_id)
-                y = torch.tensor([y_train[i] for i in rows])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, sched)
-                _, loss = model(idx.to(c.device), mask.to(c.device), y.to(c.device))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                running = loss.item() if math.isnan(running) else 0.95 * running + 0.05 * loss.item()
-                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-                out_of_time = c.max_minutes and time.perf_counter() - t0 > 60 * c.max_minutes
-                if out_of_time or (c.eval_every and step % c.eval_every == 0 and b < steps_per_epoch - 1):
-                    check(epoch, running)
-                if out_of_time:
-                    break
-            bar.close()
-            if out_of_time:
-                warn(f"stopped after {c.max_minutes:g} minutes (--max-minutes), in epoch {epoch} at step {step}")
-                break
-            check(epoch, running)
-    finally:
-        metrics.close()
-    return {**best, "best_epoch": best["epoch"], "out_dir": out, "wall_s": time.perf_counter() - t0,
-            "history": history, "labels": labels}
-
+              f"{len(labels)} classes, {c.epochs} epoch(s) of {batches.steps_per_epoch} steps, lr {lr:g}", flush=True)
+    result = Trainer(cfg, overwrite=c.overwrite, progress=c.progress, init_model=model, task=task).fit()
+    history = [h for h in result.history if "accuracy" in h]
+    best = max(history, key=lambda h: h["accuracy"])  # the first of equals: the one that was saved
+    return {**best, "best_epoch": best["epoch"], "out_dir": out, "wall_s": result.wall_s, "history": history,
+            "labels": labels}
