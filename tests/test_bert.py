@@ -35,8 +35,9 @@ def test_wordpiece_tokenizer_has_bert_specials_and_loads_from_vocab_txt(tmp_path
     assert again.encode("The QUICK fox [MASK].") == ids and again.mask_id == 4
 
 
-def test_bert_attends_both_ways_and_ignores_padding():
-    model = tiny_bert()
+@pytest.mark.parametrize("norm_position", ["auto", "pre"])
+def test_bert_attends_both_ways_and_ignores_padding(norm_position):
+    model = tiny_bert(norm_position=norm_position)
     idx = torch.randint(5, 50, (1, 8))
     h = model.encode(idx)
     changed = idx.clone()
@@ -145,6 +146,24 @@ def test_mlm_trains_through_the_trainer_and_fills_masks(mlm_run, capsys):
     assert main(["fill-mask", str(mlm_run.out_dir), "the dog sat on the [MASK] .", "--top-k", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "[MASK] #1:" and len(out) == 3 and float(out[1].split()[0]) > 0.2
+
+
+def test_pre_ln_bert_blocks_and_export_refusal(tmp_path):
+    pre, post = tiny_bert(norm_position="pre"), tiny_bert()
+    x = torch.randn(1, 4, 16)
+    blk = pre.h[0]
+    expected = x + blk.attn(blk.ln_1(x))
+    torch.testing.assert_close(blk(x), expected + blk.mlp(blk.ln_2(expected)))  # x + Attn(LN(x)), x + MLP(LN(x))
+    assert isinstance(pre.ln_f, torch.nn.LayerNorm) and isinstance(post.ln_f, torch.nn.Identity)
+    from lmkit.config import Config, validate
+    from lmkit.hf import lmkit_to_bert
+    cfg = Config()
+    cfg.model = pre.config
+    with pytest.raises(LmkitError, match="Hugging Face BERT is post-LN"):
+        lmkit_to_bert(pre.state_dict(), cfg)
+    cfg.model = ModelConfig(norm_position="post")
+    with pytest.raises(LmkitError, match="norm_position = 'post' is for type = 'bert'"):
+        validate(cfg)
 
 
 def test_mlm_config_checks():

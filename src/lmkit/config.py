@@ -44,6 +44,9 @@ class ModelConfig:
     mlp: Literal["gelu", "gelu_tanh", "swiglu"] = "gelu"  # gelu_tanh = GPT-2's approximation
     tie_embeddings: bool = True  # the output head shares the token-embedding matrix
     type_vocab_size: int = 2  # bert: segment (token type) embeddings, sentence A / B
+    # where each block normalises: auto = as the family's paper (gpt: pre-LN, bert: post-LN);
+    # bert with "pre" (x + Attn(LN(x)), a final LN) trains faster from scratch (Xiong et al., 2020)
+    norm_position: Literal["auto", "pre", "post"] = "auto"
     rnn: Literal["lstm", "gru"] = "lstm"  # lstm: the recurrent cell
 
     @property
@@ -256,6 +259,8 @@ def validate(cfg: Config) -> Config:
         need(m.head_dim % 2 == 0, f"rope needs an even head size (n_embd/n_head = {m.head_dim})")
     need(0.0 <= m.dropout < 1.0, f"dropout must be in [0, 1) (got {m.dropout})")
     need(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (got {m.vocab_size})")
+    need(m.type == "bert" or m.norm_position != "post",
+         f"norm_position = 'post' is for type = 'bert' ({m.type} blocks are pre-norm)")
     need(m.type_vocab_size > 0, f"model.type_vocab_size must be positive (got {m.type_vocab_size})")
     need(0.0 < t.mlm_probability < 1.0, f"mlm_probability must be in (0, 1) (got {t.mlm_probability})")
     need(t.objective == "mlm" or m.type != "bert", "model.type = 'bert' trains with objective = 'mlm'")

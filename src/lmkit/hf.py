@@ -245,6 +245,8 @@ def lmkit_to_bert(sd: dict, cfg: Config) -> tuple[dict, dict]:
     """An lmkit BERT -> BertForMaskedLM names (q, k, v split again; the decoder tied to the embeddings)."""
     from .models.bert import HF_BERT_NAMES
     m = cfg.model
+    if m.norm_position == "pre":
+        raise LmkitError("export-hf: Hugging Face BERT is post-LN; this model has norm_position = 'pre'")
     reverse = {}
     for hf_name, ours in HF_BERT_NAMES.items():
         for i in range(m.n_layer) if "{i}" in ours else [None]:

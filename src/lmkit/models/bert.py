@@ -5,7 +5,8 @@
 Architecture as in the paper and in Hugging Face's BertModel, so pretrained weights load unchanged
 (through `hf_bert_to_lmkit`): token + learned position + segment embeddings → LayerNorm; then
 post-LN blocks x = LN(x + Attn(x)); x = LN(x + MLP(x)), where every position attends to every
-non-padding position (no causal mask). The MLM head is dense → GELU → LayerNorm → logits with the
+non-padding position (no causal mask). `norm_position = "pre"` gives pre-LN blocks instead,
+x = x + Attn(LN(x)); x = x + MLP(LN(x)) and a final LN, which train faster from scratch. The MLM head is dense → GELU → LayerNorm → logits with the
 output matrix tied to the token embedding. Attention runs through `attention.attend`, as in GPT.
 """
 from __future__ import annotations
@@ -39,15 +40,20 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Post-LN residual block (as BERT): x = LN(x + Attn(x)); x = LN(x + MLP(x))."""
+    """Post-LN residual block (as BERT): x = LN(x + Attn(x)); x = LN(x + MLP(x)).
+    Pre-LN: x = x + Attn(LN(x)); x = x + MLP(LN(x))."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.attn, self.ln_1 = SelfAttention(cfg), make_norm(cfg)
         self.mlp, self.ln_2 = MLP(cfg), make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        self.pre = cfg.norm_position == "pre"
 
     def forward(self, x, mask=None):
+        if self.pre:
+            x = x + self.drop(self.attn(self.ln_1(x), mask))
+            return x + self.mlp(self.ln_2(x))
         x = self.ln_1(x + self.drop(self.attn(x, mask)))
         return self.ln_2(x + self.mlp(x))
 
@@ -65,6 +71,7 @@ class BERT(nn.Module):
         self.ln_emb = make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()  # pre-LN: normalise the output
         # masked-LM head; the decoder matrix is wte itself (tied), only its bias is separate
         self.mlm_dense, self.mlm_ln = nn.Linear(cfg.n_embd, cfg.n_embd), make_norm(cfg)
         self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
@@ -92,7 +99,7 @@ class BERT(nn.Module):
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Tk)
         for block in self.h:
             x = block(x, mask)
-        return x
+        return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, attention_mask=None,
                 token_type_ids=None):
