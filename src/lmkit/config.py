@@ -90,6 +90,7 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 10
     checkpoint_interval: int = 0  # 0 = at every eval
+    max_minutes: float = 0  # time budget: stop (evaluate and save) once training has run this long; 0 = none
     # autocast compute dtype; auto = bfloat16 where the hardware computes it fast (CUDA with bf16,
     # CPUs with AVX-512 BF16 / AMX), else float32. Weights and optimizer state stay float32.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -267,6 +268,7 @@ def validate(cfg: Config) -> Config:
     need(0 <= t.min_lr <= t.learning_rate, f"min_lr must be in [0, learning_rate] (got {t.min_lr})")
     need(t.warmup_iters >= 0 and t.lr_decay_iters >= 0, "warmup_iters and lr_decay_iters must be >= 0")
     need(t.dist_timeout > 0, f"dist_timeout must be positive (got {t.dist_timeout})")
+    need(t.max_minutes >= 0, f"max_minutes must be >= 0 (got {t.max_minutes})")
     return cfg
 
 

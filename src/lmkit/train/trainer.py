@@ -45,6 +45,7 @@ class TrainResult:
     wall_s: float
     interrupted: bool = False
     history: list = field(default_factory=list)
+    best_metric: float | None = None  # keep-the-best tasks: the best value of task.metric
 
 
 def pick_device(name: str) -> torch.device:
@@ -97,15 +98,70 @@ def prepare_data(cfg: Config, out_dir: Path, progress: bool = True) -> Path:
     return data_dir
 
 
+class Task:
+    """What the loop learns from. The default, `ShardTask`, draws windows of the run's token shards
+    (pretraining, clm or mlm); fine-tuning brings its own (classification, instruction tuning).
+
+    tokenizer:      saved as the run's tokenizer.json.
+    train_batches:  `.next()` -> a tuple of CPU tensors; the loop calls `model(*batch) -> (output, loss)`;
+                    `.state_dict()` / `.load_state_dict(state)` make `--resume` exact.
+    evaluate(trainer) -> dict with "val" (mean held-out loss), optionally "train" and other metrics.
+    metric:         None: save the latest checkpoint at every evaluation. Else a key of evaluate()'s
+                    dict: save only when it improves (keep the best), in the direction `higher_is_better`.
+    save(trainer, out_dir): extra files written with every checkpoint (default: none).
+    """
+    tokenizer: Tokenizer
+    train_batches = None
+    metric: str | None = None
+    higher_is_better: bool = False
+
+    def evaluate(self, trainer: "Trainer") -> dict:
+        raise NotImplementedError
+
+    def save(self, trainer: "Trainer", out_dir: Path) -> None:
+        pass
+
+
+class ShardTask(Task):
+    """Language modelling on a prepared-data folder: random windows of train.bin, loss means over
+    `eval_iters` batches of each split drawn with a fixed seed so evaluations compare (under torchrun
+    each rank takes its slice of every global batch and the means are averaged)."""
+
+    def __init__(self, cfg: Config, data_dir: Path, rank: int = 0, world_size: int = 1):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
+        self.train_batches = make_batches(open_split(data_dir, "train"), cfg, cfg.train.seed, self.tokenizer,
+                                          rank=rank, world_size=world_size)
+        self.val_tokens = open_split(data_dir, "val")
+        make_batches(self.val_tokens, cfg, 0, self.tokenizer, name="val")  # size check only
+
+    def evaluate(self, trainer: "Trainer") -> dict:
+        out = {}
+        for split, tokens in (("train", self.train_batches.tokens), ("val", self.val_tokens)):
+            batches = make_batches(tokens, self.cfg, 1234, self.tokenizer, name=split, rank=self.rank,
+                                   world_size=self.world_size)
+            losses = torch.zeros(self.cfg.train.eval_iters)
+            for i in range(self.cfg.train.eval_iters):
+                x, y = batches.next()
+                with autocast_ctx(trainer.device, trainer.dtype):
+                    _, loss = trainer.forward(x.to(trainer.device), y.to(trainer.device))
+                losses[i] = loss.item()
+            out[split] = trainer.dist.mean(losses.mean())
+        return out
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                 init_model: torch.nn.Module | None = None, after_step=None):
+                 init_model: torch.nn.Module | None = None, after_step=None, task: Task | None = None):
         """`init_model`: start from these weights (fine-tuning) instead of a fresh model;
-        `after_step(model)`: called after every optimizer step (e.g. to keep pruned weights at zero)."""
+        `after_step(model)`: called after every optimizer step (e.g. to keep pruned weights at zero);
+        `task`: what to learn from (default: the token shards of cfg.data, see ShardTask)."""
         t = cfg.train
         self.after_step = after_step
         self.cfg = cfg
         self.dist, self.device = distributed.setup(t, pick_device(t.device))
+        if task is not None and self.dist.enabled:
+            raise LmkitError("fine-tuning tasks run in one process; start them without torchrun / --nproc")
         self.progress = progress and self.dist.is_main
         self.out_dir = Path(t.out_dir)
         if resume:
@@ -130,9 +186,11 @@ class Trainer:
         self.dtype = resolve_dtype(t.dtype, self.device)
         torch.manual_seed(t.seed)
 
-        with self.dist.main_first():
-            data_dir = prepare_data(cfg, self.out_dir, self.progress)
-        self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
+        if task is None:
+            with self.dist.main_first():
+                data_dir = prepare_data(cfg, self.out_dir, self.progress)
+            task = ShardTask(cfg, data_dir, self.dist.rank, self.dist.world_size)
+        self.task, self.tokenizer, self.train_batches = task, task.tokenizer, task.train_batches
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = self.tokenizer.vocab_size
         elif cfg.model.vocab_size < self.tokenizer.vocab_size:
@@ -144,12 +202,9 @@ class Trainer:
         if self.dist.rank:
             torch.manual_seed(t.seed + self.dist.rank)  # other dropout masks on other ranks
         self.optimizer = make_optimizer(self.model, t, self.device.type)
-        self.train_batches = make_batches(open_split(data_dir, "train"), cfg, t.seed, self.tokenizer,
-                                          rank=self.dist.rank, world_size=self.dist.world_size)
-        self.val_tokens = open_split(data_dir, "val")
-        make_batches(self.val_tokens, cfg, 0, self.tokenizer, name="val")  # size check only
         self.step = 0
         self.best_val = math.inf
+        self.best_metric = -math.inf if task.higher_is_better else math.inf
         self.tokens_seen = 0
         if resume:
             self._load_state()
@@ -169,7 +224,7 @@ class Trainer:
             "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
             "rng": rng_state if rng_state is not None else torch.get_rng_state(),
             "batches": batches_state or self.train_batches.state_dict(),
-            "global_batch": self.global_batch,
+            "global_batch": self.global_batch, "best_metric": self.best_metric,
         }
         if not self.dist.enabled:  # under torchrun the optimizer state lives in train_state/ (DCP)
             state["optimizer"] = self.optimizer.state_dict()
@@ -187,6 +242,7 @@ class Trainer:
             return
         save_weights(self.model, self.out_dir / "model.safetensors", self.step)
         save_train_state(self._state(batches_state, rng_state), self.out_dir / "train_state.pt")
+        self.task.save(self, self.out_dir)
 
     def _load_state(self) -> None:
         state = load_train_state(self.out_dir / "train_state.pt")
@@ -208,6 +264,7 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed + self.dist.rank + state["step"])
         self.train_batches.load_state_dict(state["batches"])
         self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val"]
+        self.best_metric = state.get("best_metric", self.best_metric)
 
     def _load_single_process(self, state: dict, model, optimizer) -> None:
         weights_step = load_weights(model, self.out_dir / "model.safetensors")
@@ -219,22 +276,20 @@ class Trainer:
     # ---- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean loss over `eval_iters` batches of each split, drawn with a fixed seed so evals compare
-        (under torchrun each rank takes its slice of every global batch and the means are averaged)."""
+        """The task's evaluation ("val" loss, maybe "train" loss and other metrics), in eval mode."""
         self.model.eval()
-        out = {}
-        for split, tokens in (("train", self.train_batches.tokens), ("val", self.val_tokens)):
-            batches = make_batches(tokens, self.cfg, 1234, self.tokenizer, name=split, rank=self.dist.rank,
-                                   world_size=self.dist.world_size)
-            losses = torch.zeros(self.cfg.train.eval_iters)
-            for i in range(self.cfg.train.eval_iters):
-                x, y = batches.next()
-                with autocast_ctx(self.device, self.dtype):
-                    _, loss = self.forward(x.to(self.device), y.to(self.device))
-                losses[i] = loss.item()
-            out[split] = self.dist.mean(losses.mean())
-        self.model.train()
-        return out
+        try:
+            return self.task.evaluate(self)
+        finally:
+            self.model.train()
+
+    def _improved(self, result: dict) -> bool:
+        """Keep-the-best tasks: does this evaluation beat the best so far (and become it)?"""
+        value = result[self.task.metric]
+        better = value > self.best_metric if self.task.higher_is_better else value < self.best_metric
+        if better:
+            self.best_metric = value
+        return better
 
     # ---- the loop ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -251,7 +306,7 @@ class Trainer:
         history, last = [], {"val": math.nan, "train": math.nan}
         t0, timed_tokens, loss_val = time.perf_counter(), 0, math.nan
         log_t0 = time.perf_counter()
-        interrupted = False
+        interrupted = out_of_time = False
         self.model.train()
         step_batches, step_rng = self.train_batches.state_dict(), torch.get_rng_state()
 
@@ -262,19 +317,27 @@ class Trainer:
 
         try:
             while True:
-                if self.step % t.eval_interval == 0 or self.step >= t.max_iters:
-                    last = self.evaluate()
+                done = self.step >= t.max_iters or out_of_time
+                if self.step % t.eval_interval == 0 or done:
+                    last = {"train": math.nan, **self.evaluate()}
                     self.best_val = min(self.best_val, last["val"])
-                    log({"step": self.step, "train_loss": last["train"], "val_loss": last["val"],
+                    extra = {k: v for k, v in last.items() if k not in ("train", "val")}
+                    log({"step": self.step, "train_loss": last["train"], "val_loss": last["val"], **extra,
                          "tokens": self.tokens_seen})
                     bar.set_postfix(loss=f"{loss_val:.4f}", val=f"{last['val']:.4f}", refresh=False)
-                    if self.step >= t.max_iters or not t.checkpoint_interval:
+                    if self.task.metric is not None:
+                        if self._improved(last):
+                            self.save()
+                    elif done or not t.checkpoint_interval:
                         self.save()
                     if self.dist.is_main:
                         from ..viz import plot_loss
                         plot_loss(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
                     log_t0, timed_tokens = time.perf_counter(), 0  # tokens/s counts training time only
-                if self.step >= t.max_iters:
+                if done:
+                    if out_of_time and self.progress:
+                        tqdm.write(f"stopped at step {self.step} of {t.max_iters}: the time budget "
+                                   f"max_minutes = {t.max_minutes:g} is spent")
                     break
                 if t.checkpoint_interval and self.step and self.step % t.checkpoint_interval == 0:
                     self.save()
@@ -282,12 +345,13 @@ class Trainer:
                 lr = lr_at(self.step, t)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                step_tokens = 0
                 for micro in range(t.gradient_accumulation_steps):
-                    x, y = self.train_batches.next()
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    batch = tuple(b.to(self.device, non_blocking=True) for b in self.train_batches.next())
+                    step_tokens += batch[0].numel() * self.dist.world_size
                     with distributed.gradient_sync(self.dist, self.wrapped, micro == t.gradient_accumulation_steps - 1):
                         with autocast_ctx(self.device, self.dtype):
-                            _, loss = self.forward(x, y)
+                            _, loss = self.forward(*batch)
                         (loss / t.gradient_accumulation_steps).backward()
                 if t.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -296,8 +360,8 @@ class Trainer:
                 if self.after_step is not None:
                     self.after_step(self.model)
                 self.step += 1
-                self.tokens_seen += tokens_per_step
-                timed_tokens += tokens_per_step
+                self.tokens_seen += step_tokens
+                timed_tokens += step_tokens
                 bar.update(1)
                 if self.step % t.log_interval == 0 or self.step == t.max_iters:
                     loss_val = self.dist.mean(loss)  # the one host sync per log interval
@@ -308,6 +372,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_val:.4f}", val=f"{last['val']:.4f}", tok_s=f"{tps:,.0f}",
                                     refresh=False)
                     log_t0, timed_tokens = now, 0
+                    if t.max_minutes:  # decided together, so that every rank stops at the same step
+                        out_of_time = self.dist.mean(torch.tensor(float(now - t0 > 60 * t.max_minutes), device=self.device)) > 0
         except KeyboardInterrupt:
             if self.dist.enabled:  # ranks stop at different points: no collective save; resume from the last one
                 raise
@@ -332,7 +398,8 @@ class Trainer:
         distributed.teardown(self.dist)
         train_records = [h for h in history if "tok_per_s" in h]
         tps = sum(h["tok_per_s"] for h in train_records) / len(train_records) if train_records else 0.0
-        return TrainResult(self.out_dir, self.step, last["val"], last["train"], tps, wall, interrupted, history)
+        return TrainResult(self.out_dir, self.step, last["val"], last["train"], tps, wall, interrupted, history,
+                           self.best_metric if self.task.metric is not None else None)
 
 
 def train(config, resume: bool = False, overwrite: bool = False, progress: bool = True,
