@@ -67,7 +67,7 @@ class LM:
         assistant's reply in this run's chat template, the stop strings that end the reply)."""
         from .chat import check_messages
         if messages and isinstance(messages[0], dict):
-            messages = [(m["role"], m["content"]) for m in check_messages(messages)]
+            messages = check_messages(messages)
         return self.chat_template.prompt(list(messages))
 
     def chat(self, messages, **sampling) -> str:
