@@ -55,7 +55,7 @@ def task_messages(task: str, row: dict, long_text: str | None = None) -> tuple[l
         answers = answers.get("text", []) if isinstance(answers, dict) else answers
         answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
         user = (f"Answer the question with a short phrase from the text.\n\n{text}\n\nQuestion: {row['question']}"
-                if text else f"Answer the question briefly.\n\nQuestion: {row['question']}")
+                if row.get("context") else f"Answer the question briefly.\n\nQuestion: {row['question']}")
         return [("user", user)], answers
     if task == "summarization":
         return [("user", f"Summarize the article in one sentence.\n\n{text}")], [row["summary"]]
