@@ -139,10 +139,10 @@ def _rows(n=80):
             for w in (rng.choice(WORDS) for _ in range(n))]
 
 
-def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path):
+def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path, capsys):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
-    common = ["max_iters=40", "eval_interval=20", "eval_iters=2", "batch_size=8", "warmup_iters=2",
+    common = ["max_iters=30", "eval_interval=15", "eval_iters=2", "batch_size=8", "warmup_iters=2",
               "dtype=float32"]
     r = finetune_sft(SFTConfig(base=str(trained_run), data=str(data), out=str(tmp_path / "full"),
                                overrides=common + ["learning_rate=3e-3"], progress=False))
@@ -152,7 +152,18 @@ def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path):
     assert lm.chat_template == TOKENS and lm.tokenizer.hf.token_to_id("<|end|>") is not None
     text, _ = lm.chat_prompt([{"role": "user", "content": "is"}])
     assert text == "<|user|>is<|end|><|assistant|>"
-    assert lm.chat("is", temperature=0, max_new_tokens=5) in ("to", "be")  # stops at <|end|>
+    reply = lm.chat("is", temperature=0, max_new_tokens=5)
+    assert reply in ("to", "be")  # stops at <|end|>
+    # `lmkit chat` and `lmkit generate --chat` go through the same template
+    import io
+    from lmkit.cli import main
+    from lmkit.serve.terminal import chat
+    screen, said = io.StringIO(), iter(["is", "/quit"])
+    chat(lm, temperature=0, max_new_tokens=5, input=lambda _: next(said), out=screen)
+    assert f"model> {reply}\n" in screen.getvalue()
+    assert main(["generate", str(r.out_dir), "--chat", "--prompt", "is", "--temperature", "0",
+                 "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == reply + "\n"
 
     out = tmp_path / "lora"
     r = finetune_sft(SFTConfig(base=str(trained_run), data=str(data), out=str(out), lora_rank=4,
