@@ -165,8 +165,12 @@ def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path, capsys):
                  "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out == reply + "\n"
 
+    # LoRA, from the same base exported as a Hugging Face folder; the merged run exports back
+    transformers = pytest.importorskip("transformers", reason="the Hugging Face round trip needs transformers")
+    from lmkit.hf import export_hf
+    hf_base = export_hf(trained_run, tmp_path / "hf_base")
     out = tmp_path / "lora"
-    r = finetune_sft(SFTConfig(base=str(trained_run), data=str(data), out=str(out), lora_rank=4,
+    r = finetune_sft(SFTConfig(base=str(hf_base), data=str(data), out=str(out), lora_rank=4,
                                overrides=common + ["learning_rate=1e-2"], merge=True, progress=False))
     evals = [h for h in r.history if "val_loss" in h]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
@@ -182,7 +186,14 @@ def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path, capsys):
             assert torch.equal(v, base[k])
     ids = torch.tensor([merged.tokenizer.encode("<|user|>not<|end|><|assistant|>")])
     with torch.no_grad():
-        assert torch.allclose(lmkit.load(out).model(ids)[0], merged.model(ids)[0], atol=1e-5)
+        ours = merged.model(ids)[0]
+        assert torch.allclose(lmkit.load(out).model(ids)[0], ours, atol=1e-5)  # adapters merged at load
+        hf_out = export_hf(out / "merged", tmp_path / "hf_chat")
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(hf_out).eval()(ids).logits
+        assert torch.allclose(theirs, ours, atol=1e-4)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_out)
+    assert hf_tok.apply_chat_template([{"role": "user", "content": "not"}], tokenize=False,
+                                      add_generation_prompt=True) == "<|user|>not<|end|><|assistant|>"
 
 
 def test_sft_cli_errors(trained_run, tmp_path, capsys):

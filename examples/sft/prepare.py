@@ -7,7 +7,7 @@ writes into --out:
                           training articles, the cmn-eng training sentences (no evaluation row appears in it)
     chat.jsonl            Alpaca EN + ZH instruction rows (alpaca_demo), shuffled
     summarize_train.jsonl XSum rows as conversations (the prompt of evaluate/tasks.py, article cut to
-                          --doc-words words), summarize_eval.jsonl the last 100 as {"document", "summary"}
+                          --summary-doc-words words), summarize_eval.jsonl the last 100 as {"document", "summary"}
     translate_train.jsonl cmn-eng English -> Chinese pairs as conversations, translate_eval.jsonl held-out
                           pairs as {"source", "target", "target_lang"}
 The training conversations are built by `lmkit.evaluate.tasks.task_messages`, the same prompt
@@ -40,7 +40,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/sft_data")
     ap.add_argument("--data", default=str(SHARED), help="the shared data folder")
-    ap.add_argument("--doc-words", type=int, default=120, help="XSum articles are cut to this many words")
+    ap.add_argument("--doc-words", type=int, default=120, help="XSum articles in pretrain.jsonl: the first N words")
+    ap.add_argument("--summary-doc-words", type=int, default=80,
+                    help="XSum articles to summarise: the first N words (article + summary fit 192 tokens)")
     ap.add_argument("--pairs", type=int, default=6000, help="cmn-eng training pairs")
     ap.add_argument("--eval-pairs", type=int, default=200, help="cmn-eng held-out pairs")
     a = ap.parse_args()
@@ -58,8 +60,9 @@ def main() -> None:
     for r in xsum:
         r["document"] = " ".join(r["document"].split()[:a.doc_words])
     xs_train, xs_eval = xsum[:-100], xsum[-100:]
-    write_jsonl(out / "summarize_train.jsonl", (conversation("summarization", r) for r in xs_train))
-    write_jsonl(out / "summarize_eval.jsonl", ({"document": r["document"], "summary": r["summary"]} for r in xs_eval))
+    cut = lambda r: {"document": " ".join(r["document"].split()[:a.summary_doc_words]), "summary": r["summary"]}  # noqa: E731
+    write_jsonl(out / "summarize_train.jsonl", (conversation("summarization", cut(r)) for r in xs_train))
+    write_jsonl(out / "summarize_eval.jsonl", (cut(r) for r in xs_eval))
 
     lines = (data / "cmn_eng" / "cmn.txt").read_text(encoding="utf-8-sig").split("\n")
     pairs = [l.split("\t")[:2] for l in lines if l]
