@@ -142,7 +142,7 @@ def _rows(n=80):
 def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path, capsys):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
-    common = ["max_iters=30", "eval_interval=15", "eval_iters=2", "batch_size=8", "warmup_iters=2",
+    common = ["max_iters=20", "eval_interval=10", "eval_iters=2", "batch_size=8", "warmup_iters=2",
               "dtype=float32"]
     r = finetune_sft(SFTConfig(base=str(trained_run), data=str(data), out=str(tmp_path / "full"),
                                overrides=common + ["learning_rate=3e-3"], progress=False))

@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/sft_data")
     ap.add_argument("--data", default=str(SHARED), help="the shared data folder")
     ap.add_argument("--doc-words", type=int, default=120, help="XSum articles in pretrain.jsonl: the first N words")
-    ap.add_argument("--summary-doc-words", type=int, default=80,
+    ap.add_argument("--summary-doc-words", type=int, default=50,
                     help="XSum articles to summarise: the first N words (article + summary fit 192 tokens)")
     ap.add_argument("--pairs", type=int, default=6000, help="cmn-eng training pairs")
     ap.add_argument("--eval-pairs", type=int, default=200, help="cmn-eng held-out pairs")
