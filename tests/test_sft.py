@@ -10,7 +10,7 @@ from lmkit.chat import PLAIN, TOKENS, add_role_tokens, check_messages
 from lmkit.config import ModelConfig
 from lmkit.errors import LmkitError
 from lmkit.finetune import lora
-from lmkit.finetune.sft import SFTConfig, finetune_sft, merge_run
+from lmkit.finetune.sft import SFTConfig, finetune_sft
 from lmkit.finetune.sft_data import Example, PackedBatches, load_examples, pack
 from lmkit.models import build_model
 from lmkit.tokenizer import Tokenizer

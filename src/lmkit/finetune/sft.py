@@ -126,12 +126,12 @@ def finetune_sft(c: SFTConfig) -> TrainResult:
     from ..api import load
     if c.lora_rank < 0:
         raise LmkitError(f"--lora-rank must be >= 0 (got {c.lora_rank})")
+    from ..compress import QUANT_FILE
+    if (Path(c.base) / QUANT_FILE).is_file():
+        raise LmkitError(f"{c.base}: an int8-quantized run cannot be fine-tuned; start from the float run")
     lm = load(c.base)
     if lm.config.model.type != "gpt":
         raise LmkitError(f"{c.base}: SFT fine-tunes GPT models (this is a '{lm.config.model.type}' model)")
-    if not isinstance(lm.model.wte, torch.nn.Embedding) or any(
-            type(m).__name__.startswith("Int8") for m in lm.model.modules()):
-        raise LmkitError(f"{c.base}: an int8-quantized run cannot be fine-tuned; start from the float run")
     model, tokenizer = lm.model.train(), lm.tokenizer
     cfg = training_config(lm.config, c)
     if not lm.chat_template.special:  # first chat fine-tune: add the role tokens
