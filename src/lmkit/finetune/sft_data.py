@@ -121,9 +121,11 @@ def load_examples(path: str | Path, tokenizer, template: ChatTemplate, max_token
         warn(f"{path}: skipped {len(bad)} of {len(rows)} rows with problems: " + "; ".join(bad[:5])
              + (f"; … ({len(bad) - 5} more)" if len(bad) > 5 else ""))
     if long_rows:
+        why = ("no reply starts within them" if too_long == "truncate" else
+               "--too-long truncate keeps their beginning")
         warn(f"{path}: dropped {len(long_rows)} of {len(rows)} conversations longer than {max_tokens} tokens "
              f"(the model's context + 1; rows {', '.join(map(str, long_rows[:10]))}"
-             f"{', …' if len(long_rows) > 10 else ''}); --too-long truncate keeps their beginning")
+             f"{', …' if len(long_rows) > 10 else ''}); {why}")
     if cut:
         warn(f"{path}: cut {cut} conversations to {max_tokens} tokens (--too-long truncate)")
     if not examples:
