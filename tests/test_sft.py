@@ -1,4 +1,5 @@
 """Chat template, SFT data (loss masks, packing boundaries), LoRA, and fine-tuning through the Trainer."""
+import importlib.util
 import json
 import random
 
@@ -139,7 +140,7 @@ def _rows(n=80):
             for w in (rng.choice(WORDS) for _ in range(n))]
 
 
-def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path, capsys):
+def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
     common = ["max_iters=20", "eval_interval=10", "eval_iters=2", "batch_size=8", "warmup_iters=2",
@@ -155,15 +156,27 @@ def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path, capsys):
     reply = lm.chat("is", temperature=0, max_new_tokens=5)
     assert reply in ("to", "be")  # stops at <|end|>
     # `lmkit chat` and `lmkit generate --chat` go through the same template
+    import contextlib
     import io
     from lmkit.cli import main
     from lmkit.serve.terminal import chat
     screen, said = io.StringIO(), iter(["is", "/quit"])
     chat(lm, temperature=0, max_new_tokens=5, input=lambda _: next(said), out=screen)
     assert f"model> {reply}\n" in screen.getvalue()
-    assert main(["generate", str(r.out_dir), "--chat", "--prompt", "is", "--temperature", "0",
-                 "--max-new-tokens", "5"]) == 0
-    assert capsys.readouterr().out == reply + "\n"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["generate", str(r.out_dir), "--chat", "--prompt", "is", "--temperature", "0",
+                     "--max-new-tokens", "5"]) == 0
+    assert printed.getvalue() == reply + "\n"
+    if importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn"):  # and the server
+        import httpx
+        from lmkit.serve.app import create_app
+        from test_serve import live_server
+        with live_server(create_app(lm)) as url:
+            body = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+                "model": r.out_dir.name, "messages": [{"role": "user", "content": "is"}], "temperature": 0,
+                "max_tokens": 5}).json()
+        assert body["choices"][0]["message"]["content"] == reply
 
     # LoRA, from the same base exported as a Hugging Face folder; the merged run exports back
     transformers = pytest.importorskip("transformers", reason="the Hugging Face round trip needs transformers")
