@@ -13,7 +13,6 @@ if not (CHROMIUM and DRIVER):
 
 import lmkit  # noqa: E402
 from lmkit.serve import create_app  # noqa: E402
-from lmkit.serve.template import chat_prompt  # noqa: E402
 from test_serve import live_server  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -50,7 +49,7 @@ def test_chat_page_streams_a_reply(trained_run, browser, tmp_path):
     forward = lm.model.forward
     lm.model.forward = lambda *a, **k: (time.sleep(0.03), forward(*a, **k))[1]  # slow enough to watch it stream
     block = lm.model.config.block_size
-    text, stops = chat_prompt([("user", "To be")])
+    text, stops = lm.chat_prompt([("user", "To be")])
     room = block - len(lm.encode_prompt(text))
     expected = lm.generate(text, max_new_tokens=room, temperature=0, stop=stops)
     with live_server(create_app(lm)) as url:

@@ -18,8 +18,10 @@ from .train.checkpoint import load_weights
 class LM:
     """A trained model with its tokenizer and config, ready to generate."""
 
-    def __init__(self, model, tokenizer: Tokenizer, config, path: Path | None = None):
+    def __init__(self, model, tokenizer: Tokenizer, config, path: Path | None = None, chat_template=None):
+        from .chat import PLAIN
         self.model, self.tokenizer, self.config, self.path = model, tokenizer, config, path
+        self.chat_template = chat_template or PLAIN  # chat.py: the run's own, or plain-text role markers
 
     @property
     def device(self) -> torch.device:
@@ -59,6 +61,23 @@ class LM:
         if num_samples == 1:
             grouped = [g[0] for g in grouped]
         return grouped[0] if isinstance(prompt, str) else grouped
+
+    def chat_prompt(self, messages) -> tuple[str, tuple[str, ...]]:
+        """A conversation ([(role, content), …] or [{"role", "content"}, …]) -> (the prompt for the
+        assistant's reply in this run's chat template, the stop strings that end the reply)."""
+        from .chat import check_messages
+        if messages and isinstance(messages[0], dict):
+            messages = check_messages(messages)
+        return self.chat_template.prompt(list(messages))
+
+    def chat(self, messages, **sampling) -> str:
+        """The assistant's reply to a conversation (a string is one user message), through the run's chat
+        template; sampling options as for generate()."""
+        if isinstance(messages, str):
+            messages = [("user", messages)]
+        text, stops = self.chat_prompt(messages)
+        sampling["stop"] = tuple(sampling.get("stop", ())) + stops
+        return self.generate(text, **sampling)
 
     def beam_search(self, prompt: str = "", num_beams: int = 4, max_new_tokens: int = 50,
                     length_penalty: float = 1.0) -> str:
@@ -115,10 +134,16 @@ def load(path: str | Path, device: str = "cpu") -> LM:
                          "or lmkit.finetune.classify.load_classifier")
     cfg = load_json(path / "config.json")
     tokenizer = Tokenizer.load(path / "tokenizer.json")
+    from .chat import load_template
+    template = load_template(path, tokenizer)
     model = build_model(cfg.model)
     from .compress import QUANT_FILE, load_int8
     if (path / QUANT_FILE).is_file():  # written by `lmkit quantize`
-        return LM(load_int8(model, path), tokenizer, cfg, path)
-    load_weights(model, path / "model.safetensors")
+        return LM(load_int8(model, path), tokenizer, cfg, path, template)
+    from .finetune.lora import ADAPTER_CONFIG, load_adapted
+    if (path / ADAPTER_CONFIG).is_file():  # a LoRA fine-tune: base + adapters, merged for inference
+        model = load_adapted(model, path)
+    else:
+        load_weights(model, path / "model.safetensors")
     model.to(device).eval()
-    return LM(model, tokenizer, cfg, path)
+    return LM(model, tokenizer, cfg, path, template)

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
     p.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--chat", action="store_true", help="the prompt is a user message: answer it through the "
+                   "run's chat template (the reply stops at the end of the assistant's turn)")
     _sampling_flags(p)
     _more_sampling_flags(p)
 
@@ -104,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT.json", help="also write the scores as JSON")
     p.add_argument("--errors", choices=["strict", "replace"], default="strict", help="bytes that are not UTF-8")
+    p.add_argument("--task", choices=["qa", "summarization", "translation"], default=None,
+                   help="score generated answers instead of perplexity: qa (exact match, token F1), summarization "
+                        "(ROUGE-1/2/L), translation (BLEU, chrF); --data is then a .json/.jsonl of rows")
+    p.add_argument("--limit", type=int, default=0, help="--task: score only the first N rows (default all)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="--task: longest answer (default per task)")
 
     p = sub.add_parser("explain", help="an HTML page of surprisal, next-token choices and attention maps",
                        description="lmkit explain RUN \"text\" --out page.html   or   lmkit explain --embeddings RUN")
@@ -181,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["auto", "gpt2", "llama", "bert"], default="auto",
                    help="auto picks the format that holds the model's options (default)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
-    _encoder_commands(sub)
+    _chat_commands(_encoder_commands(sub), sub)
 
     # ---- issue 5: serving and chat ------------------------------------------------------------------
     p = sub.add_parser("serve", help="serve a run over an OpenAI-compatible HTTP API with a chat page",
@@ -259,6 +266,7 @@ def _encoder_commands(sub) -> None:
     p.add_argument("--file", help="classify every row of this csv/tsv/jsonl file instead")
     p.add_argument("--text-field", help="column holding the text (default: found)")
     p.add_argument("--out", help="write predictions to this .jsonl file")
+    return fsub
 
 
 def cmd_fill_mask(a) -> None:
@@ -272,6 +280,8 @@ def cmd_fill_mask(a) -> None:
 
 
 def cmd_finetune(a) -> None:
+    if a.task != "classify":
+        return FINETUNE[a.task](a)
     from .finetune.fit import ClassifyConfig, finetune_classify
     c = ClassifyConfig(train=a.train, eval=a.eval, out=a.out, base=a.base, model=a.model, text_field=a.text_field,
                        label_field=a.label_field, epochs=a.epochs, batch_size=a.batch_size,
@@ -389,14 +399,18 @@ def cmd_generate(a) -> None:
     if a.num_samples < 1:
         raise LmkitError(f"--num-samples must be >= 1 (got {a.num_samples})")
     lm = load(a.run_dir, device=a.device)
+    prompt, shown = a.prompt, a.prompt
+    if a.chat:  # the run's chat template, as `lmkit chat` and the server use it
+        prompt, stops = lm.chat_prompt([("user", a.prompt)])
+        sampling["stop"], shown = tuple(sampling.get("stop", ())) + stops, ""
     if a.beams:
-        print(a.prompt + lm.beam_search(a.prompt, num_beams=a.beams, max_new_tokens=a.max_new_tokens))
+        print(shown + lm.beam_search(prompt, num_beams=a.beams, max_new_tokens=a.max_new_tokens))
         return
     for i in range(a.num_samples):
         if i:
             print("\n" + "-" * 40)
-        sys.stdout.write(a.prompt)
-        for piece in lm.stream(a.prompt, **{**sampling, "seed": None if a.seed is None else a.seed + i}):
+        sys.stdout.write(shown)
+        for piece in lm.stream(prompt, **{**sampling, "seed": None if a.seed is None else a.seed + i}):
             sys.stdout.write(piece)
             sys.stdout.flush()
         print()
@@ -432,6 +446,8 @@ def cmd_evaluate(a) -> None:
     from .api import load
     from .evaluate.lm import evaluate_lm, evaluate_mlm
     from .io import atomic_write_text
+    if a.task:
+        return cmd_evaluate_task(a)
     lm = load(a.run_dir)
     if lm.config.model.type == "bert":
         s = evaluate_mlm(lm, a.data, a.text_field, a.errors, batch_size=a.batch_size, max_tokens=a.max_tokens)
@@ -558,6 +574,87 @@ COMMANDS = {"quickstart": cmd_quickstart, "tokenizer": cmd_tokenizer, "prepare":
             "prune": cmd_prune, "export-onnx": cmd_export_onnx, "embed": cmd_embed, "search": cmd_search,
             "fill-mask": cmd_fill_mask, "finetune": cmd_finetune, "predict": cmd_predict}
 COMMANDS.update(serve=cmd_serve, chat=cmd_chat)
+
+
+# ---- issue 6: chat fine-tuning, LoRA, task evaluation -------------------------------------------------
+def _chat_commands(fsub, sub) -> None:
+    f = fsub.add_parser("sft", help="supervised fine-tuning on conversations or instructions (full or LoRA)",
+                        description="Fine-tune a GPT (an lmkit run or a Hugging Face folder) on chat data: rows with "
+                                    "'messages' or Alpaca 'instruction'/'input'/'output'. The loss covers the "
+                                    "assistant's replies only; conversations are packed with attention kept inside "
+                                    "each; a held-out share (val_fraction) gives the validation loss, and the best "
+                                    "checkpoint is kept. The run's chat template is used by chat, generate --chat "
+                                    "and serve.")
+    f.add_argument("--base", required=True, help="lmkit run directory or Hugging Face model folder to start from")
+    f.add_argument("--data", required=True, help=".json (a list of rows) or .jsonl")
+    f.add_argument("--out", required=True, help="output run directory")
+    f.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank only (default 0: "
+                   "full fine-tuning)")
+    f.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA scale alpha (update × alpha/rank; default 2 × rank)")
+    f.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
+                   help="Linear modules to adapt, by name suffix (default: attn.qkv attn.proj mlp.fc mlp.proj)")
+    f.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input (default 0)")
+    f.add_argument("--too-long", choices=["drop", "truncate"], default="drop",
+                   help="conversations longer than the context: drop them (default) or keep their beginning")
+    f.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="training settings, e.g. --set max_iters=300 learning_rate=2e-4 batch_size=8")
+    f.add_argument("--merge", action="store_true", help="LoRA: also write OUT/merged, a plain run with the "
+                   "adapters folded into the weights")
+    f.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
+    f.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    f = fsub.add_parser("merge", help="fold a LoRA run's adapters into its weights (a plain run)",
+                        description="Write RUN (a LoRA fine-tune) as a plain run directory OUT: W + (alpha/r)·B·A "
+                                    "in every adapted layer; it loads, serves and exports like any run.")
+    f.add_argument("run_dir", help="run directory written by lmkit finetune sft --lora-rank R")
+    f.add_argument("out_dir", help="run directory to write")
+    f.add_argument("--overwrite", action="store_true")
+
+
+def cmd_sft(a) -> None:
+    from .finetune.lora import DEFAULT_TARGETS
+    from .finetune.sft import SFTConfig, finetune_sft
+    if a.lora_rank < 0:
+        raise LmkitError(f"--lora-rank must be >= 0 (got {a.lora_rank})")
+    if not 0 <= a.lora_dropout < 1:
+        raise LmkitError(f"--lora-dropout must be in [0, 1) (got {a.lora_dropout})")
+    if (a.lora_alpha or a.lora_targets or a.merge) and not a.lora_rank:
+        raise LmkitError("--lora-alpha, --lora-targets and --merge need --lora-rank R (LoRA)")
+    c = SFTConfig(base=a.base, data=a.data, out=a.out, lora_rank=a.lora_rank, lora_alpha=a.lora_alpha,
+                  lora_targets=tuple(a.lora_targets or DEFAULT_TARGETS), lora_dropout=a.lora_dropout,
+                  too_long=a.too_long, overrides=a.overrides, merge=a.merge, resume=a.resume,
+                  overwrite=a.overwrite, progress=not a.quiet)
+    r = finetune_sft(c)
+    print(f"step {r.step}: val loss {r.val_loss:.4f} (best {r.best_metric:.4f}, kept), train loss "
+          f"{r.train_loss:.4f}, {r.wall_s:.0f} s")
+    print(f"run directory: {r.out_dir}  (try: lmkit chat {r.out_dir})")
+    if a.merge:
+        print(f"merged run: {Path(r.out_dir) / 'merged'}")
+    if r.interrupted:
+        sys.exit(130)
+
+
+def cmd_merge(a) -> None:
+    from .finetune.sft import merge_run
+    print(f"wrote {merge_run(a.run_dir, a.out_dir, overwrite=a.overwrite)} (adapters merged)")
+
+
+def cmd_evaluate_task(a) -> None:
+    from .evaluate.tasks import evaluate_task, format_table
+    from .io import atomic_write_text
+    import json as _json
+    if a.limit < 0:
+        raise LmkitError(f"--limit must be >= 0 (got {a.limit})")
+    r = evaluate_task(a.run_dir, a.task, a.data, limit=a.limit, max_new_tokens=a.max_new_tokens,
+                      batch_size=a.batch_size)
+    print(format_table(r))
+    out = a.json_out or f"eval_{a.task}.json"
+    atomic_write_text(out, _json.dumps(r, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {out}")
+
+
+FINETUNE = {"sft": cmd_sft, "merge": cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

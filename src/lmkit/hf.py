@@ -485,5 +485,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, fmt: str = "auto", overw
         tc.update(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     else:
         tc.update(bos_token=eot_tok, eos_token=eot_tok)
+        if lm.chat_template.special:  # a chat fine-tune: the same template for apply_chat_template
+            tc["chat_template"] = lm.chat_template.jinja()
     atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
     return out_dir

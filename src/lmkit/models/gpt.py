@@ -132,6 +132,22 @@ def padded_positions_and_mask(attention_mask: torch.Tensor, T: int) -> tuple[tor
     return pos, mask[:, None]
 
 
+def document_positions_and_mask(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """document_ids (B, T), one id per token of a packed row (documents in runs of equal ids) -> positions
+    (B, T) counted from each document's first token, and the attention mask (B, 1, T, T):
+
+        mask[b, i, j] = (j ≤ i) and doc[b, j] = doc[b, i]
+
+    so every document in a packed row is computed exactly as if it were alone."""
+    B, T = document_ids.shape
+    cols = torch.arange(T, device=document_ids.device)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    first = torch.where(starts, cols, 0).cummax(dim=-1).values  # index of each token's document start
+    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
+    return cols - first, (same & (cols[None, :] <= cols[:, None]))[:, None]
+
+
 class GPT(nn.Module):
     is_causal = True  # each position sees only itself and the past
 
@@ -174,7 +190,8 @@ class GPT(nn.Module):
             n -= self.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None, *, cache: KVCache | None = None,
                 last_only: bool = False, attention_mask: torch.Tensor | None = None):
         """idx: (B, T) token ids -> logits (B, T, V) (or (B, 1, V) with last_only), and the mean
         cross-entropy against `targets` (B, T) when given (positions with -100 are ignored).
@@ -182,17 +199,23 @@ class GPT(nn.Module):
         `attention_mask` (B, past + T), 1 = real token, 0 = padding (as in Hugging Face), covers the cached
         positions and the new ones. With it, a left-padded row behaves exactly as if it were alone: its
         positions count only its real tokens (position = cumsum(mask) − 1) and no query sees a padding key.
+        `document_ids` (B, T): rows packed with several documents (fine-tuning); no token sees another
+        document and positions restart at each document (see document_positions_and_mask).
         """
-        return next_token_head(self.lm_head, self.encode(idx, cache, attention_mask), targets, last_only)
+        return next_token_head(self.lm_head, self.encode(idx, cache, attention_mask, document_ids), targets,
+                               last_only)
 
     def encode(self, idx: torch.Tensor, cache: KVCache | None = None,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+               attention_mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """idx: (B, T) token ids -> final hidden states (B, T, C), after ln_f (what the heads read)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         assert start + T <= self.config.block_size, "sequence longer than block_size"
         x = self.wte(idx)  # (B, T, C)
-        if attention_mask is None:
+        if document_ids is not None:
+            assert cache is None and attention_mask is None, "document_ids are for packed training rows"
+            pos, mask = document_positions_and_mask(document_ids)  # (B, T), (B, 1, T, T)
+        elif attention_mask is None:
             pos, mask = torch.arange(start, start + T, device=idx.device), None  # (T,)
         else:
             assert attention_mask.shape == (B, start + T), "attention_mask must cover cached and new positions"

@@ -32,7 +32,6 @@ from ..generate import SamplingConfig
 from .responses import ChoiceBuilder, chunk, completion_body
 from .scheduler import Scheduler
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields
-from .template import chat_prompt
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -177,7 +176,7 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
-        text, stops = chat_prompt([(m.role, m.text()) for m in req.messages])
+        text, stops = lm.chat_prompt([(m.role, m.text()) for m in req.messages])
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         rows = _rows(req, [lm.encode_prompt(text)], max_tokens, logprobs, req.stops() + stops)

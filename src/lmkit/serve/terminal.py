@@ -1,20 +1,18 @@
 """`lmkit chat RUN_DIR`: a conversation in the terminal, the reply streamed as it is generated.
 
-Uses the same prompt format as the server's chat endpoint; when the conversation outgrows the model's
+Uses the run's chat template (chat.py), as the server's chat endpoint does; when the conversation outgrows the model's
 context, the oldest turns are dropped. Commands: /reset starts over, /quit (or Ctrl-D) leaves.
 """
 from __future__ import annotations
 
 import sys
 
-from .template import chat_prompt
-
 
 def fit_turns(lm, messages: list[tuple[str, str]], min_reply: int) -> tuple[str, tuple[str, ...], int]:
     """Drop the oldest turns until the prompt leaves `min_reply` tokens of context for the reply."""
     block = lm.model.config.block_size
     while True:
-        text, stops = chat_prompt(messages)
+        text, stops = lm.chat_prompt(messages)
         n = len(lm.encode_prompt(text))
         if n + min_reply <= block or len(messages) == 1:
             return text, stops, n

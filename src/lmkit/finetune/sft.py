@@ -1,0 +1,187 @@
+"""`lmkit finetune sft`: supervised fine-tuning of a GPT on conversations or instructions, fully or with LoRA,
+through lmkit's one training loop (train/trainer.py) with an `SFTTask`.
+
+    1. load the base (an lmkit run or a Hugging Face folder); give its tokenizer the chat template's role
+       tokens (chat.py) and the embedding table a row for each new token, initialised with the mean
+       embedding of the tokens of its name ("<|user|>" from "user"), so that the roles start apart;
+    2. read and encode the data (sft_data.py): loss on reply tokens only, packed rows with attention kept
+       inside each conversation, a held-out share for the validation loss;
+    3. full fine-tuning trains every weight; with lora_rank > 0 only the adapters train (lora.py);
+    4. the Trainer keeps the checkpoint with the best validation loss. The run directory loads with
+       `lmkit.load` / `lmkit chat` / `lmkit serve`; a LoRA run also holds its adapters on their own, and
+       `merge` (or --merge) writes a plain run with the adapters folded in.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..chat import TOKENS, TEMPLATE_FILE, add_role_tokens
+from ..config import Config, apply, parse_overrides, save_json, validate
+from ..errors import LmkitError
+from ..train.trainer import Task, Trainer, TrainResult, autocast_ctx
+from . import lora
+from .sft_data import PackedBatches, load_examples, split_examples
+
+# fine-tuning settings used unless --set says otherwise (the rest comes from the base run's config)
+SFT_DEFAULTS = {"max_iters": 200, "eval_interval": 50, "eval_iters": 10, "log_interval": 10, "warmup_iters": 10,
+                "batch_size": 8, "learning_rate": 1e-4, "min_lr": 1e-5, "weight_decay": 0.0, "checkpoint_interval": 0}
+LORA_LEARNING_RATE = 1e-3  # adapters start at zero and move little per step: they take a larger rate
+
+
+@dataclass
+class SFTConfig:
+    base: str  # an lmkit run or a Hugging Face folder
+    data: str  # .json / .jsonl rows: messages, or instruction/input/output
+    out: str
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: float = 0.0  # 0 = 2 × rank
+    lora_targets: tuple[str, ...] = lora.DEFAULT_TARGETS
+    lora_dropout: float = 0.0
+    too_long: str = "drop"  # conversations longer than the context: drop or truncate
+    overrides: list[str] = field(default_factory=list)  # --set key=value for the training config
+    merge: bool = False  # also write <out>/merged, a plain run with the adapters folded in
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+def resize_vocab(model, vocab_size: int, new_ids: list[int], tokenizer, names: list[str]) -> None:
+    """Grow the embedding table (and an untied output head) to `vocab_size` rows, then set the rows of
+    `new_ids` to the mean embedding of the tokens of each name."""
+    old = model.wte.weight
+    if vocab_size > old.size(0):
+        wte = torch.nn.Embedding(vocab_size, old.size(1), device=old.device, dtype=old.dtype)
+        with torch.no_grad():
+            wte.weight[:old.size(0)] = old
+            wte.weight[old.size(0):] = old.mean(dim=0)
+        model.wte = wte
+        if model.config.tie_embeddings:
+            model.lm_head.weight = model.wte.weight
+        else:
+            head = torch.nn.Linear(old.size(1), vocab_size, bias=False, device=old.device, dtype=old.dtype)
+            with torch.no_grad():
+                head.weight[:old.size(0)] = model.lm_head.weight
+                head.weight[old.size(0):] = model.lm_head.weight.mean(dim=0)
+            model.lm_head = head
+        model.config.vocab_size = vocab_size
+    with torch.no_grad():
+        for i, name in zip(new_ids, names):
+            spelled = tokenizer.encode(name.strip("<|>")) or [i]
+            model.wte.weight[i] = model.wte.weight[spelled].mean(dim=0)
+
+
+class SFTTask(Task):
+    """Packed conversations for the Trainer; evaluation is the reply-token loss on the held-out split."""
+    metric, higher_is_better = "val", False  # keep the checkpoint with the best validation loss
+
+    def __init__(self, cfg: Config, tokenizer, template, train, val, pad_id: int, adapters: dict | None):
+        t, block = cfg.train, cfg.model.block_size
+        self.tokenizer, self.template, self.cfg, self.adapters = tokenizer, template, cfg, adapters
+        self.train_batches = PackedBatches(train, block, t.batch_size, pad_id, t.seed)
+        self.val_rows = PackedBatches(val, block, t.batch_size, pad_id, t.seed, shuffle=False).rows
+        self.train_rows = PackedBatches(train, block, t.batch_size, pad_id, 1234).rows  # a fixed sample
+
+    def _loss(self, trainer, rows) -> float:
+        """Mean loss per reply token over the first eval_iters batches of `rows`."""
+        bs, total, count = self.cfg.train.batch_size, 0.0, 0
+        for i in range(0, min(len(rows), bs * self.cfg.train.eval_iters), bs):
+            x, y, doc = (torch.stack(t).to(trainer.device) for t in zip(*rows[i:i + bs]))
+            n = int((y != -100).sum())
+            if n:
+                with autocast_ctx(trainer.device, trainer.dtype):
+                    _, loss = trainer.forward(x, y, doc)
+                total, count = total + float(loss) * n, count + n
+        return total / count if count else math.nan
+
+    def evaluate(self, trainer) -> dict:
+        return {"train": self._loss(trainer, self.train_rows), "val": self._loss(trainer, self.val_rows)}
+
+    def save(self, trainer, out_dir: Path) -> None:
+        self.template.save(out_dir)
+        if self.adapters is not None:
+            lora.save_adapters(trainer.model, out_dir, self.adapters)
+
+
+def training_config(base_cfg: Config, c: SFTConfig) -> Config:
+    cfg = copy.deepcopy(base_cfg)
+    defaults = dict(SFT_DEFAULTS, learning_rate=LORA_LEARNING_RATE if c.lora_rank else SFT_DEFAULTS["learning_rate"])
+    apply(cfg, {k: v for k, v in defaults.items()}, "sft defaults")
+    cfg.train.min_lr = cfg.train.learning_rate / 10
+    apply(cfg, parse_overrides(c.overrides), "--set")
+    if cfg.train.min_lr > cfg.train.learning_rate:
+        cfg.train.min_lr = cfg.train.learning_rate / 10
+    cfg.data.data, cfg.train.out_dir = str(c.data), str(c.out)
+    cfg.train.parallel = "none"
+    return validate(cfg)
+
+
+def finetune_sft(c: SFTConfig) -> TrainResult:
+    """Fine-tune `c.base` on `c.data` into `c.out`; returns the Trainer's result."""
+    from ..api import load
+    if c.lora_rank < 0:
+        raise LmkitError(f"--lora-rank must be >= 0 (got {c.lora_rank})")
+    from ..compress import QUANT_FILE
+    if (Path(c.base) / QUANT_FILE).is_file():
+        raise LmkitError(f"{c.base}: an int8-quantized run cannot be fine-tuned; start from the float run")
+    lm = load(c.base)
+    if lm.config.model.type != "gpt":
+        raise LmkitError(f"{c.base}: SFT fine-tunes GPT models (this is a '{lm.config.model.type}' model)")
+    model, tokenizer = lm.model.train(), lm.tokenizer
+    cfg = training_config(lm.config, c)
+    if not lm.chat_template.special:  # first chat fine-tune: add the role tokens
+        have = tokenizer.vocab_size
+        ids = add_role_tokens(tokenizer)
+        new = [(i, m) for i, m in zip(ids, dict.fromkeys(TOKENS.markers)) if i >= have]
+        resize_vocab(model, max(tokenizer.vocab_size, cfg.model.vocab_size), [i for i, _ in new], tokenizer,
+                     [m for _, m in new])
+        cfg.model.vocab_size = model.config.vocab_size
+    template = TOKENS if not lm.chat_template.special else lm.chat_template
+    examples, counts = load_examples(c.data, tokenizer, template, cfg.model.block_size + 1, c.too_long)
+    train, val = split_examples(examples, cfg.data.val_fraction, cfg.train.seed)
+    adapters = None
+    if c.lora_rank:
+        alpha = c.lora_alpha or 2.0 * c.lora_rank
+        lora.add_lora(model, c.lora_targets, c.lora_rank, alpha, c.lora_dropout)
+        adapters = {"rank": c.lora_rank, "alpha": alpha, "targets": list(c.lora_targets), "base": str(c.base)}
+    trainable, total = lora.count_parameters(model)
+    if c.progress:
+        kind = f"LoRA rank {c.lora_rank}" if c.lora_rank else "full fine-tuning"
+        n_reply = sum(sum(e.reply) for e in train)
+        print(f"SFT ({kind}): {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.2f}%); "
+              f"{len(train):,} train / {len(val):,} held-out conversations ({n_reply:,} reply tokens in train) "
+              f"from {counts['rows']:,} rows", flush=True)
+    pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
+    task = SFTTask(cfg, tokenizer, template, train, val, pad_id, adapters)
+    result = Trainer(cfg, resume=c.resume, overwrite=c.overwrite, progress=c.progress, init_model=model,
+                     task=task).fit()
+    if c.merge and adapters is not None:
+        merge_run(c.out, Path(c.out) / "merged", overwrite=True)
+    return result
+
+
+def merge_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write a LoRA run as a plain run: weights with the adapters folded in (W + (α/r) B A), its config,
+    tokenizer and chat template; it loads, generates and exports (`lmkit export-hf`) like any run."""
+    from ..api import load
+    from ..train.checkpoint import holds_run, save_weights
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / lora.ADAPTER_CONFIG).is_file():
+        raise LmkitError(f"{run_dir}: not a LoRA run (no {lora.ADAPTER_CONFIG}); nothing to merge")
+    if holds_run(out_dir) and not overwrite:
+        raise LmkitError(f"{out_dir}: already holds a run (use --overwrite to replace it)")
+    lm = load(run_dir)  # loads base + adapters and merges them
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = copy.deepcopy(lm.config)
+    cfg.train.out_dir = str(out_dir)
+    save_weights(lm.model, out_dir / "model.safetensors", 0)
+    save_json(cfg, out_dir / "config.json")
+    lm.tokenizer.save(out_dir / "tokenizer.json")
+    if (run_dir / TEMPLATE_FILE).is_file():
+        shutil.copyfile(run_dir / TEMPLATE_FILE, out_dir / TEMPLATE_FILE)
+    return out_dir
