@@ -1,6 +1,6 @@
 """Compression table: fp32, bf16, int8, pruned and ONNX versions of a GPT and of MiniLM, measured in one run.
 
-    python benchmarks/compress_table.py [--run RUN_DIR | --iters 1000] [--docs 200] [--rounds 3]
+    python benchmarks/compress_table.py [--run RUN_DIR | --iters 500] [--docs 150] [--rounds 3]
 
 GPT: a char-level GPT trained here on tiny-shakespeare (examples/shakespeare_char.toml, --iters steps)
 or an existing --run. Every row is scored on the same held-out windows (the run's own val split):
@@ -222,14 +222,14 @@ def minilm_table(a, tmp: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="an existing char-level GPT run (default: train one here)")
-    ap.add_argument("--iters", type=int, default=1000, help="training steps when training here")
-    ap.add_argument("--eval-tokens", type=int, default=16_384)
+    ap.add_argument("--iters", type=int, default=500, help="training steps when training here")
+    ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--recovery-iters", type=int, default=100)
     ap.add_argument("--decode-tokens", type=int, default=100)
     ap.add_argument("--batch", type=int, default=32, help="windows (GPT) or texts (MiniLM) per forward pass")
-    ap.add_argument("--docs", type=int, default=200)
+    ap.add_argument("--docs", type=int, default=150)
     ap.add_argument("--max-len", type=int, default=128)
-    ap.add_argument("--speed-docs", type=int, default=32)
+    ap.add_argument("--speed-docs", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1: on a shared, "
                     "oversubscribed CPU, 2 spinning threads decode ~15x slower than 1)")
