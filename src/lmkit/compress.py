@@ -11,7 +11,6 @@ shrinks the matrices and so the compute.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
