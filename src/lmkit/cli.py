@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="int8 weights for CPU inference (4x smaller)",
                        description="Store every Linear weight of the Transformer blocks as int8 with a per-channel "
-                                   "scale; lmkit.load runs them with PyTorch's dynamic int8 kernels.")
+                                   "scale; lmkit.load runs them with PyTorch's dynamic int8 kernels. Works on a GPT "
+                                   "or BERT run and on a Hugging Face BERT folder (usable by lmkit embed).")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="output run directory")
     p.add_argument("--overwrite", action="store_true")
@@ -143,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("export-onnx", help="export to ONNX (dynamic batch and sequence) and verify with onnxruntime",
-                       description="Write input_ids -> logits as ONNX with dynamic batch and sequence axes and "
-                                   "check it against lmkit's own logits with onnxruntime.")
+                       description="Write input_ids -> logits (a GPT) or input_ids, attention_mask -> sentence embeddings "
+                                   "(a BERT encoder, e.g. the all-MiniLM-L6-v2 folder) as ONNX with dynamic batch "
+                                   "and sequence axes and check it against lmkit with onnxruntime.")
     p.add_argument("run_dir")
     p.add_argument("out", help="output .onnx file")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
@@ -508,7 +510,7 @@ def cmd_export_onnx(a) -> None:
     r = export_onnx(load(a.run_dir), a.out, check=not a.no_check)
     msg = f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB)"
     if "max_abs_diff" in r:
-        msg += f"; onnxruntime vs lmkit: max |Δ logits| = {r['max_abs_diff']:.2e}"
+        msg += f"; onnxruntime vs lmkit: max |Δ {r['output']}| = {r['max_abs_diff']:.2e}"
     print(msg)
 
 

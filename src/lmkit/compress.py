@@ -1,4 +1,5 @@
-"""Smaller, faster models for CPU inference: int8 weights, magnitude pruning, ONNX export.
+"""Smaller, faster models for CPU inference: int8 weights, magnitude pruning, ONNX export, for a GPT
+and for a BERT encoder (an lmkit run or a Hugging Face folder such as all-MiniLM-L6-v2).
 
 int8: every Linear weight row w is stored as round(w / s) in int8 with one scale s = max|w| / 127 per
 output channel (4× smaller than fp32). On load the rows are restored and PyTorch's dynamic int8
@@ -10,7 +11,6 @@ shrinks the matrices and so the compute.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -29,17 +29,31 @@ def _block_linears(model: nn.Module) -> dict[str, nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("h.")}
 
 
-def _copy_run_files(src: Path, dst: Path, overwrite: bool) -> None:
+def _copy_run_files(lm, dst: Path, overwrite: bool) -> None:
     if dst.exists() and any(dst.iterdir()):
         if not overwrite:
             raise LmkitError(f"{dst}: folder is not empty (use --overwrite)")
     dst.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / "tokenizer.json", dst / "tokenizer.json")
+    lm.tokenizer.save(dst / "tokenizer.json")  # also for a Hugging Face folder that has only vocab.txt
+
+
+def _weights_file(run_dir: Path) -> Path:
+    """model.safetensors, or a Hugging Face folder's pytorch_model.bin."""
+    f = run_dir / "model.safetensors"
+    return f if f.is_file() else run_dir / "pytorch_model.bin"
 
 
 # ---- int8 -------------------------------------------------------------------------------------------
+def int8_pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (out, in) -> (round(w / s) as int8, s) with one scale s = max|w_row| / 127 per output row."""
+    w = w.float()
+    scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)  # (out, 1)
+    return torch.round(w / scale).clamp(-127, 127).to(torch.int8), scale.squeeze(1)
+
+
 def quantize_int8(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
-    """Write a copy of the run with int8 block weights; returns sizes before and after."""
+    """Write a copy of the run (GPT, or a BERT encoder: an lmkit run or a Hugging Face folder such as
+    all-MiniLM-L6-v2) with int8 block weights; returns sizes before and after."""
     from .api import load
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     lm = load(run_dir)
@@ -48,16 +62,13 @@ def quantize_int8(run_dir: str | Path, out_dir: str | Path, overwrite: bool = Fa
     if lm.config.model.tie_embeddings:
         sd.pop("lm_head.weight", None)
     for name in linears:
-        w = sd.pop(f"{name}.weight").float()
-        scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)  # (out, 1)
-        sd[f"{name}.weight_int8"] = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
-        sd[f"{name}.weight_scale"] = scale.squeeze(1)
-    _copy_run_files(run_dir, out_dir, overwrite)
+        sd[f"{name}.weight_int8"], sd[f"{name}.weight_scale"] = int8_pack(sd.pop(f"{name}.weight"))
+    _copy_run_files(lm, out_dir, overwrite)
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"format": "pt", "quantization": "int8-per-channel"})
     atomic_write_text(out_dir / QUANT_FILE, json.dumps({"method": "int8-per-channel", "modules": sorted(linears)}) + "\n")
     save_json(lm.config, out_dir / "config.json")
-    before = (run_dir / "model.safetensors").stat().st_size
+    before = _weights_file(lm.path).stat().st_size
     return {"bytes_before": before, "bytes_after": (out_dir / "model.safetensors").stat().st_size,
             "modules": len(linears)}
 
@@ -72,7 +83,7 @@ def load_int8(model: nn.Module, run_dir: Path) -> nn.Module:
     for name in info["modules"]:
         q, s = sd.pop(f"{name}.weight_int8"), sd.pop(f"{name}.weight_scale")
         sd[f"{name}.weight"] = q.float() * s[:, None]
-    if model.config.tie_embeddings:
+    if model.config.tie_embeddings and "lm_head.weight" in model.state_dict():  # a GPT's tied output head
         sd["lm_head.weight"] = sd["wte.weight"]
     model.load_state_dict(sd)
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -150,45 +161,86 @@ class _LogitsOnly(nn.Module):
         return self.model(input_ids)[0]
 
 
+class _SentenceEmbeddings(nn.Module):
+    """An encoder's mean-pooled, L2-normalised embedding, the same function as `search.Encoder`'s."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        from .search import mean_pool
+        return mean_pool(self.model.encode(input_ids, attention_mask=attention_mask), attention_mask)
+
+
+def is_encoder(lm) -> bool:
+    return not getattr(lm.model, "is_causal", True)
+
+
 def export_onnx(lm, out: str | Path, check: bool = True) -> dict:
-    """input_ids (batch, seq) -> logits (batch, seq, vocab), both axes dynamic; verified with onnxruntime."""
+    """A GPT: input_ids (batch, seq) -> logits (batch, seq, vocab). A BERT encoder: input_ids and
+    attention_mask (batch, seq) -> sentence embeddings (batch, n_embd). Batch and sequence axes are
+    dynamic; the result is verified with onnxruntime."""
     import logging
     import warnings
     out = Path(out)
-    model = _LogitsOnly(lm.model).eval()
+    encoder = is_encoder(lm)
+    model = (_SentenceEmbeddings if encoder else _LogitsOnly)(lm.model).eval()
     example = torch.randint(0, lm.config.model.vocab_size, (2, min(8, lm.config.model.block_size)))
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("seq", min=1, max=lm.config.model.block_size)
+    if encoder:
+        mask = torch.ones_like(example)
+        mask[1, -3:] = 0  # trace with padding, as real batches have
+        args, names, outputs = (example, mask), ["input_ids", "attention_mask"], ["embeddings"]
+    else:
+        args, names, outputs = (example,), ["input_ids"], ["logits"]
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input_ids"],
-                                        output_names=["logits"], dynamic_shapes={"input_ids": {0: batch, 1: seq}},
-                                        verbose=False)
+            program = torch.onnx.export(model, args, dynamo=True, input_names=names, output_names=outputs,
+                                        dynamic_shapes={n: {0: batch, 1: seq} for n in names}, verbose=False)
         except ImportError as e:
             raise LmkitError(f"export-onnx needs the onnx and onnxscript packages ({e}); pip install -e '.[onnx]'")
     with atomic_path(out) as tmp:
         program.save(str(tmp))
-    result = {"path": str(out), "bytes": out.stat().st_size}
+    result = {"path": str(out), "bytes": out.stat().st_size, "output": outputs[0]}
     if check:
         result["max_abs_diff"] = check_onnx(lm, out)
     return result
 
 
-def check_onnx(lm, path: str | Path, shapes=((1, 5), (3, 11))) -> float:
-    """Largest |logits(onnxruntime) − logits(lmkit)| over test batches of different shapes."""
-    import numpy as np
+def onnx_session(path: str | Path, threads: int | None = None):
     import onnxruntime as ort
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_onnx(lm, path: str | Path, shapes=((1, 5), (3, 11))) -> float:
+    """Largest |output(onnxruntime) − output(lmkit)| over test batches of different shapes: logits for a
+    GPT, sentence embeddings (with the last rows padded) for an encoder."""
+    import numpy as np
+    session = onnx_session(path)
+    encoder = is_encoder(lm)
+    model = (_SentenceEmbeddings if encoder else _LogitsOnly)(lm.model).eval()
     worst = 0.0
     g = torch.Generator().manual_seed(0)
     for b, t in shapes:
         t = min(t, lm.config.model.block_size)
         x = torch.randint(0, lm.config.model.vocab_size, (b, t), generator=g)
-        got = session.run(None, {"input_ids": x.numpy()})[0]
+        if encoder:
+            mask = torch.ones_like(x)
+            for i in range(1, b):  # rows of different lengths
+                mask[i, max(1, t - 2 * i):] = 0
+            inputs, feeds = (x, mask), {"input_ids": x.numpy(), "attention_mask": mask.numpy()}
+        else:
+            inputs, feeds = (x,), {"input_ids": x.numpy()}
+        got = session.run(None, feeds)[0]
         with torch.no_grad():
-            ref = lm.model.eval()(x)[0].numpy()
+            ref = model(*inputs).numpy()
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
 
@@ -252,7 +304,7 @@ def prune_run(run_dir: str | Path, out_dir: str | Path, sparsity: float, structu
         report["val_loss_recovered"] = val_loss(lm.model, data_dir, block)
         report["weight_sparsity"] = round(sparsity_of(lm.model), 4)
     else:
-        _copy_run_files(run_dir, out_dir, overwrite)
+        _copy_run_files(lm, out_dir, overwrite)
         save_json(cfg, out_dir / "config.json")
         save_weights(lm.model, out_dir / "model.safetensors", step=0)
     return report

