@@ -205,3 +205,29 @@ def test_a_request_joining_a_running_batch_gets_its_own_greedy_tokens(order):
             out[row].append(tokens[row])
     for row in range(3):
         assert out[row] == alone(model, prompts[row], cfg)[:len(out[row])], row
+
+
+@pytest.mark.parametrize("kw", [dict(pos="learned"), dict(pos="sinusoidal"), dict(pos="rope", n_kv_head=2)])
+def test_fast_path_gives_the_plain_paths_tokens(kw):
+    """Decoder(fast=True) (inference mode) and fast=False (no_grad) decode the same tokens: greedy and
+    seeded sampling, a padded batch, a row leaving it, a request joining it, and sliding past the context."""
+    model = small(**kw)
+    greedy = SamplingConfig(max_new_tokens=40, temperature=0)  # 7 + 40 > block_size 32: slides
+    sampled = SamplingConfig(max_new_tokens=40, temperature=0.9, top_k=20, seed=3, repetition_penalty=1.3)
+    runs = {}
+    for fast in (True, False):
+        out = [torch.stack(list(generate_ids(model, PROMPTS, cfg, fast=fast)), 1).tolist() for cfg in (greedy, sampled)]
+        dec = Decoder(model, PROMPTS[:2], sampled, fast=fast)
+        steps = [dec.step().tokens.tolist(), dec.step().tokens.tolist()]
+        dec.keep([1])
+        late = Decoder(model, [PROMPTS[2]], greedy, fast=fast)
+        steps.append(late.step().tokens.tolist())
+        steps.append(dec.step().tokens.tolist())
+        dec.merge(late)
+        steps += [dec.step().tokens.tolist() for _ in range(6)]
+        runs[fast] = out, steps
+        assert out[0] != out[1]  # sampling is on in the second run
+    assert runs[True] == runs[False]
+    with pytest.raises(RuntimeError, match="[Ii]nference"):  # the fast path's tensors stay out of autograd
+        dec = Decoder(model, PROMPTS[:1], greedy)
+        dec.cache.k.add_(1)

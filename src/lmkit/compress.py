@@ -86,12 +86,18 @@ def load_int8(model: nn.Module, run_dir: Path) -> nn.Module:
     if model.config.tie_embeddings and "lm_head.weight" in model.state_dict():  # a GPT's tied output head
         sd["lm_head.weight"] = sd["wte.weight"]
     model.load_state_dict(sd)
+    return dynamic_int8(model, info["modules"])
+
+
+def dynamic_int8(model: nn.Module, modules: list[str] | None = None) -> nn.Module:
+    """A copy of `model` whose block Linears (or the named ones) run PyTorch's dynamic int8 kernels:
+    weights int8 per output channel, activations quantized per call, outputs float."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
     import warnings
+    modules = list(_block_linears(model)) if modules is None else modules
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        return quantize_dynamic(model.eval(), {n: per_channel_dynamic_qconfig for n in info["modules"]},
-                                dtype=torch.qint8)
+        return quantize_dynamic(model.eval(), {n: per_channel_dynamic_qconfig for n in modules}, dtype=torch.qint8)
 
 
 # ---- pruning ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ a request's output whatever else shares the batch.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import Iterator, Sequence
 
@@ -137,16 +138,32 @@ class Step:
     top_logprobs: torch.Tensor | None = None
 
 
+def _without_autograd(method):
+    """Run a Decoder method under torch.inference_mode (fast path) or torch.no_grad (plain path)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with torch.inference_mode() if self.fast else torch.no_grad():
+            return method(self, *args, **kwargs)
+    return run
+
+
 class Decoder:
     """Batched step-by-step decoding of prompts of different lengths, each row with its own config.
 
     `step()` advances every row by one token; `keep(rows)` drops the others (finished requests, clients
     that left) from the batch, cache included. The server's scheduler and `generate_ids` both drive it.
+    `fast` (default) runs every method under torch.inference_mode, which skips autograd's per-op
+    bookkeeping (version counters, view tracking); the tokens are the same as with `fast=False`
+    (torch.no_grad), and the tensors it returns cannot enter autograd later.
     """
 
-    @torch.no_grad()
     def __init__(self, model, prompts: Sequence[Sequence[int]], cfgs: Sequence[SamplingConfig] | SamplingConfig,
-                 use_cache: bool = True, pad_id: int = 0):
+                 use_cache: bool = True, pad_id: int = 0, fast: bool = True):
+        self.fast = fast
+        self._start(model, prompts, cfgs, use_cache, pad_id)
+
+    @_without_autograd
+    def _start(self, model, prompts, cfgs, use_cache, pad_id) -> None:
         model.eval()
         self.model, self.block = model, model.config.block_size
         if isinstance(cfgs, SamplingConfig):
@@ -181,7 +198,7 @@ class Decoder:
     def batch_size(self) -> int:
         return self.idx.size(0)
 
-    @torch.no_grad()
+    @_without_autograd
     def step(self) -> Step:
         cache, block = self.cache, self.block
         T = self.fresh
@@ -225,6 +242,7 @@ class Decoder:
         if self.idx.size(1) > 4 * self.block:  # keep the history bounded; only the last block is ever read
             self.idx, self.mask = self.idx[:, -2 * self.block:], self.mask[:, -2 * self.block:]
 
+    @_without_autograd
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only these rows (in this order)."""
         sel = torch.tensor(list(rows), dtype=torch.long, device=self.device)
@@ -247,7 +265,7 @@ class Decoder:
                 c.drop_front(n)
         self.padded = not bool(self.mask.all())
 
-
+    @_without_autograd
     def merge(self, other: "Decoder", pad_id: int = 0) -> None:
         """Append the rows of `other`, which has also just stepped, so both decode as one batch from now
         on (the server's scheduler lets new requests join this way). The narrower side gets columns of
@@ -291,13 +309,13 @@ def fit_to_context(ids: list[int], block_size: int, truncate: bool) -> list[int]
 
 @torch.no_grad()
 def generate_ids(model, idx: torch.Tensor | Sequence[Sequence[int]], cfg: SamplingConfig, eos_id: int | None = None,
-                 use_cache: bool = True, pad_id: int = 0) -> Iterator[torch.Tensor]:
+                 use_cache: bool = True, pad_id: int = 0, fast: bool = True) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), up to max_new_tokens or until all hit EOS.
 
     `idx` is a (B, T) tensor, or a list of prompts of different lengths (left-padded into one batch).
     Rows that reached EOS keep yielding EOS until every row is done."""
     prompts = idx.tolist() if isinstance(idx, torch.Tensor) else idx
-    dec = Decoder(model, prompts, cfg, use_cache=use_cache, pad_id=pad_id)
+    dec = Decoder(model, prompts, cfg, use_cache=use_cache, pad_id=pad_id, fast=fast)
     done = torch.zeros(dec.batch_size, dtype=torch.bool, device=dec.device)
     stop_at_eos = eos_id is not None and cfg.stop_at_eos
     for _ in range(cfg.max_new_tokens):

@@ -215,14 +215,14 @@ class GPT(nn.Module):
         if document_ids is not None:
             assert cache is None and attention_mask is None, "document_ids are for packed training rows"
             pos, mask = document_positions_and_mask(document_ids)  # (B, T), (B, 1, T, T)
-        elif attention_mask is None:
-            pos, mask = torch.arange(start, start + T, device=idx.device), None  # (T,)
+        elif attention_mask is None:  # positions start..start+T-1: a slice of each table (no index op)
+            pos, mask = slice(start, start + T), None
         else:
             assert attention_mask.shape == (B, start + T), "attention_mask must cover cached and new positions"
             pos, mask = padded_positions_and_mask(attention_mask.bool(), T)  # (B, T), (B, 1, T, S)
         rope = None
         if self.config.pos == "learned":
-            x = x + self.wpe(pos)
+            x = x + self.wpe.weight[pos]
         elif self.config.pos == "sinusoidal":
             x = x + self.wpe_table[pos]
         else:  # (T, D/2), or (B, 1, T, D/2) per row, broadcast over heads
