@@ -71,10 +71,12 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=16384, help="val tokens per evaluation (default 16384)")
     ap.add_argument("--max-minutes", type=float, default=8.0, help="give up on a run after this much training")
     ap.add_argument("--title", default="time to val loss on tiny-shakespeare (char)")
+    ap.add_argument("--set", dest="overrides", nargs="+", default=[], help="KEY=VALUE for every run")
     a = ap.parse_args()
     results = []
     for r in a.runs:
         label, spec = r.split(":", 1)
+        spec = " ".join([spec, *a.overrides])
         res = run(label, spec, a.target, a.eval_tokens, a.max_minutes)
         print(res, flush=True)
         results.append(res)
