@@ -9,7 +9,7 @@ matrix W (m × n) with gradient G:
     B ← μ·B + (1−μ)·G                      momentum buffer
     U ← (1−μ)·G + μ·B                      Nesterov look-ahead
     O ← NS₅(U) ≈ U·(UᵀU)^(−1/2)             the nearest semi-orthogonal matrix (all singular values ≈ 1)
-    W ← W·(1 − lr·λ) − lr·√max(1, m/n)·O
+    W ← W·(1 − lr·λ) − lr·√max(1, m/n)·O      (make_optimizer uses λ = 0 for these matrices)
 NS₅ runs five steps of the quintic Newton–Schulz iteration on X₀ = U / ‖U‖_F (rows ≤ columns):
     A = X Xᵀ;  X ← a·X + (b·A + c·A²)·X,   (a, b, c) = (3.4445, −4.7750, 2.0315)
 The coefficients push every singular value in (0, 1] towards ~1 fast (they land in about [0.7, 1.2],
