@@ -24,7 +24,7 @@ from _common import report  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = [
     "baseline:examples/shakespeare_char_nanogpt.toml max_iters=8000 lr_decay_iters=8000 eval_interval=200",
-    "recommended:examples/shakespeare_char.toml",
+    "recommended:examples/shakespeare_char.toml eval_interval=100",
 ]
 
 
