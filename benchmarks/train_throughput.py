@@ -49,8 +49,9 @@ def lmkit_step_fn(n_layer, n_head, n_embd, T, compile_=False):
 def hf_step_fn(n_layer, n_head, n_embd, T):
     from transformers import GPT2Config, GPT2LMHeadModel
     hc = GPT2Config(vocab_size=VOCAB, n_positions=T, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu")
-    model = GPT2LMHeadModel(hc, attn_implementation="sdpa").train()
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu",
+                    attn_implementation="sdpa", bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(hc).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
 
     def step(x, y):
