@@ -151,7 +151,7 @@ def test_config_errors(tmp_path):
 
 
 def test_example_config_loads_with_nanogpt_names():
-    example = Path(__file__).resolve().parents[1] / "examples" / "shakespeare_char.toml"
+    example = Path(__file__).resolve().parents[1] / "examples" / "shakespeare_char_nanogpt.toml"
     cfg = load_config(example, ["max_iters=600", "out_dir=/tmp/r"])
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
     assert (cfg.train.batch_size, cfg.train.learning_rate, cfg.train.max_iters, cfg.train.out_dir) == \

@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto picks the format that holds the model's options (default)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     _chat_commands(_encoder_commands(sub), sub)
+    _grow_commands(sub)
 
     # ---- issue 5: serving and chat ------------------------------------------------------------------
     p = sub.add_parser("serve", help="serve a run over an OpenAI-compatible HTTP API with a chat page",
@@ -657,6 +658,28 @@ def cmd_evaluate_task(a) -> None:
 
 
 FINETUNE = {"sft": cmd_sft, "merge": cmd_merge}
+
+
+# ---- progressive stacking (issue 9) -----------------------------------------------------------------
+def _grow_commands(sub) -> None:
+    p = sub.add_parser("grow", help="make a trained GPT deeper by copying its layers (progressive stacking)",
+                       description="Write a deeper copy of RUN_DIR that computes the same function (the extra "
+                                   "copies of each layer start as identity blocks); continue it with "
+                                   "lmkit train CONFIG --set n_layer=N init_from=OUT out_dir=...")
+    p.add_argument("run_dir", help="run directory of a trained GPT")
+    p.add_argument("--n-layer", type=int, required=True, help="number of layers of the grown model")
+    p.add_argument("--out", required=True, help="directory for the grown model")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+
+
+def cmd_grow(a) -> None:
+    from .train.grow import grow_run
+    out = grow_run(a.run_dir, a.n_layer, a.out, overwrite=a.overwrite)
+    print(f"{out}: {a.n_layer}-layer model grown from {a.run_dir}; continue training with\n"
+          f"  lmkit train CONFIG --set n_layer={a.n_layer} init_from={out} out_dir=RUN")
+
+
+COMMANDS.update(grow=cmd_grow)
 
 
 def main(argv: list[str] | None = None) -> int:

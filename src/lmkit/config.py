@@ -41,8 +41,11 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
-    mlp: Literal["gelu", "gelu_tanh", "swiglu"] = "gelu"  # gelu_tanh = GPT-2's approximation
+    # gelu_tanh = GPT-2's approximation; relu2 = ReLU(x W_1)² W_2 (So et al., 2021, "Primer")
+    mlp: Literal["gelu", "gelu_tanh", "swiglu", "relu2"] = "gelu"
     tie_embeddings: bool = True  # the output head shares the token-embedding matrix
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before the dot product
+    logit_softcap: float = 0.0  # > 0: logits = cap · tanh(logits / cap) (Gemma 2); 0 = off
     type_vocab_size: int = 2  # bert: segment (token type) embeddings, sentence A / B
     # where each block normalises: auto = as the family's paper (gpt: pre-LN, bert: post-LN);
     # bert with "pre" (x + Attn(LN(x)), a final LN) trains faster from scratch (Xiong et al., 2020)
@@ -89,6 +92,16 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 = no clipping
+    # adamw = AdamW for every parameter; muon = Muon for the hidden 2-D matrices (attention and MLP),
+    # AdamW for embeddings, the output head, norm gains and biases (see train/optim.py)
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr: float = 0.02  # Muon's peak learning rate; follows the same schedule as learning_rate
+    muon_momentum: float = 0.95
+    # cosine = warm-up, cosine decay to min_lr at lr_decay_iters; wsd = warm-up, stable at learning_rate,
+    # then a linear decay to min_lr over the last decay_fraction of lr_decay_iters
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_fraction: float = 0.2
+    init_from: str = ""  # a run directory whose weights start this run (e.g. one made by `lmkit grow`)
     eval_interval: int = 250
     eval_iters: int = 20
     log_interval: int = 10
@@ -272,6 +285,12 @@ def validate(cfg: Config) -> Config:
     need(t.learning_rate > 0, f"learning_rate must be positive (got {t.learning_rate})")
     need(0 <= t.min_lr <= t.learning_rate, f"min_lr must be in [0, learning_rate] (got {t.min_lr})")
     need(t.warmup_iters >= 0 and t.lr_decay_iters >= 0, "warmup_iters and lr_decay_iters must be >= 0")
+    need(m.logit_softcap >= 0, f"logit_softcap must be >= 0 (got {m.logit_softcap})")
+    need(t.muon_lr > 0, f"muon_lr must be positive (got {t.muon_lr})")
+    need(0.0 <= t.muon_momentum < 1.0, f"muon_momentum must be in [0, 1) (got {t.muon_momentum})")
+    need(0.0 < t.decay_fraction <= 1.0, f"decay_fraction must be in (0, 1] (got {t.decay_fraction})")
+    need(t.optimizer == "adamw" or t.parallel != "fsdp",
+         "optimizer = 'muon' needs whole matrices; it does not run with parallel = 'fsdp'")
     need(t.dist_timeout > 0, f"dist_timeout must be positive (got {t.dist_timeout})")
     need(t.max_minutes >= 0, f"max_minutes must be >= 0 (got {t.max_minutes})")
     return cfg

@@ -434,10 +434,12 @@ def export_format(cfg: Config, fmt: str = "auto") -> str:
     gpt2_misfits = [f"{k} = {v}" for k, v, ok in [
         ("pos", m.pos, m.pos == "learned"), ("norm", m.norm, m.norm == "layernorm"),
         ("mlp", m.mlp, m.mlp in ("gelu", "gelu_tanh")), ("bias", m.bias, m.bias),
-        ("n_kv_head", m.n_kv_head, m.n_kv_head in (None, m.n_head))] if not ok]
+        ("n_kv_head", m.n_kv_head, m.n_kv_head in (None, m.n_head)), ("qk_norm", m.qk_norm, not m.qk_norm),
+        ("logit_softcap", m.logit_softcap, not m.logit_softcap)] if not ok]
     llama_misfits = [f"{k} = {v}" for k, v, ok in [
         ("pos", m.pos, m.pos == "rope"), ("norm", m.norm, m.norm == "rmsnorm"),
-        ("mlp", m.mlp, m.mlp == "swiglu")] if not ok]
+        ("mlp", m.mlp, m.mlp == "swiglu"), ("qk_norm", m.qk_norm, not m.qk_norm),
+        ("logit_softcap", m.logit_softcap, not m.logit_softcap)] if not ok]
     if fmt == "auto":
         fmt = "gpt2" if not gpt2_misfits else "llama" if not llama_misfits else ""
         if not fmt:

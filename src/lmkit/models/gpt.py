@@ -3,8 +3,9 @@
     P(w_1 … w_T) = Π_t P(w_t | w_<t),   loss = −(1/T) Σ_t log P(w_t | w_<t)
 
 Architecture choices (all in ModelConfig): pre-norm residual blocks x + Attn(Norm(x)), x + MLP(Norm(x));
-LayerNorm or RMSNorm; learned, sinusoidal or rotary positions; GELU or SwiGLU MLP; multi-head or
-grouped-query attention; output head tied to the token embedding or not. With the defaults this is
+LayerNorm or RMSNorm; learned, sinusoidal or rotary positions; GELU, SwiGLU or ReLU² MLP; multi-head or
+grouped-query attention, optionally with QK-norm; output head tied to the token embedding or not, its
+logits optionally soft-capped. With the defaults this is
 GPT-2. Reads top to bottom: norm → attention → MLP → block → model.
 """
 from __future__ import annotations
@@ -35,6 +36,10 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.rope = cfg.pos == "rope"
+        if cfg.qk_norm:  # q ← q / rms(q) · g_q, k ← k / rms(k) · g_k per head: bounded attention logits
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+        self.qk_norm = cfg.qk_norm
 
     def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0, mask=None):
         """`mask` (B, 1, T, S) bool, True = may attend: given when a batch holds padding (see GPT.forward)."""
@@ -44,6 +49,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         padded, causal, mask = mask, True, None
@@ -62,11 +69,12 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: GELU(x W_1) W_2, or SwiGLU: (SiLU(x W_gate) ⊙ x W_up) W_down."""
+    """Position-wise feed-forward: GELU(x W_1) W_2, ReLU²: max(0, x W_1)² W_2,
+    or SwiGLU: (SiLU(x W_gate) ⊙ x W_up) W_down."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.swiglu, self.tanh = cfg.mlp == "swiglu", cfg.mlp == "gelu_tanh"
+        self.swiglu, self.tanh, self.relu2 = cfg.mlp == "swiglu", cfg.mlp == "gelu_tanh", cfg.mlp == "relu2"
         hidden = cfg.hidden_dim
         self.fc = nn.Linear(cfg.n_embd, 2 * hidden if self.swiglu else hidden, bias=cfg.bias)
         self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
@@ -77,6 +85,8 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
+        elif self.relu2:
+            h = F.relu(h).square()
         else:
             h = F.gelu(h, approximate="tanh" if self.tanh else "none")
         return self.dropout(self.proj(h))
@@ -96,13 +106,18 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def next_token_head(lm_head: nn.Module, x: torch.Tensor, targets: torch.Tensor | None, last_only: bool):
+def next_token_head(lm_head: nn.Module, x: torch.Tensor, targets: torch.Tensor | None, last_only: bool,
+                    softcap: float = 0.0):
     """Hidden states (B, T, C) -> logits (B, T, V) (only the last position with last_only) and, given
     targets, the mean −log p(target) with softmax over the vocabulary in fp32 (stable under autocast);
-    -100 targets are ignored. Shared by every causal model (GPT, LSTM)."""
+    -100 targets are ignored. Shared by every causal model (GPT, LSTM).
+
+    softcap > 0 bounds the logits smoothly: logits ← softcap · tanh(logits / softcap)."""
+    logits = lm_head(x[:, -1:] if last_only and targets is None else x)  # (B, T, V)
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
     if targets is None:
-        return lm_head(x[:, -1:] if last_only else x), None
-    logits = lm_head(x)  # (B, T, V)
+        return logits, None
     loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
     return logits, loss
 
@@ -203,7 +218,7 @@ class GPT(nn.Module):
         document and positions restart at each document (see document_positions_and_mask).
         """
         return next_token_head(self.lm_head, self.encode(idx, cache, attention_mask, document_ids), targets,
-                               last_only)
+                               last_only, self.config.logit_softcap)
 
     def encode(self, idx: torch.Tensor, cache: KVCache | None = None,
                attention_mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:

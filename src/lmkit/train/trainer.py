@@ -196,6 +196,9 @@ class Trainer:
         elif cfg.model.vocab_size < self.tokenizer.vocab_size:
             raise LmkitError(f"config: vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
                              f"{self.tokenizer.vocab_size}")
+        if init_model is None and t.init_from and not resume:  # e.g. a deeper model made by `lmkit grow`
+            from .grow import load_init
+            init_model = load_init(t.init_from, cfg.model, self.tokenizer)
         # the same initial weights on every rank (or the weights handed in, for fine-tuning)
         self.model = (init_model if init_model is not None else build_model(cfg.model)).to(self.device)
         self.wrapped = distributed.wrap(self.model, self.dist, t, self.device)
