@@ -43,6 +43,14 @@ def tiny_config(out_dir, data, **train):
     return cfg
 
 
+@pytest.fixture
+def text_file(tmp_path):
+    """A small mixed English/Chinese text file (300 lines)."""
+    f = tmp_path / "text.txt"
+    f.write_text("".join(f"{i} little pigs went to market; 小猪{i}去市场。\n" for i in range(300)), encoding="utf-8")
+    return f
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One small trained run shared by the tests that only read it."""

@@ -18,13 +18,6 @@ from lmkit.train.optim import MuonAdamW, lr_at, make_optimizer, newton_schulz
 from conftest import tiny_config
 
 
-@pytest.fixture
-def text_file(tmp_path):
-    f = tmp_path / "text.txt"
-    f.write_text("".join(f"{i} little pigs went to market; 小猪{i}去市场。\n" for i in range(300)), encoding="utf-8")
-    return f
-
-
 def _evals(run):
     return [json.loads(line) for line in open(run / "metrics.jsonl") if "val_loss" in line]
 

@@ -12,13 +12,6 @@ from lmkit.train.trainer import Trainer
 from conftest import tiny_config
 
 
-@pytest.fixture
-def text_file(tmp_path):
-    f = tmp_path / "text.txt"
-    f.write_text("".join(f"{i} little pigs went to market; 小猪{i}去市场。\n" for i in range(300)), encoding="utf-8")
-    return f
-
-
 def _weights(run):
     return load_file(str(run / "model.safetensors"))
 
