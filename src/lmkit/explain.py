@@ -140,12 +140,8 @@ def embeddings_png(lm, out: str | Path, n_labels: int = 60) -> Path:
     ax.set_title(f"token embeddings, PCA ({'most frequent' if counts is not None else 'first'} {n_labels} labelled)")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    from .viz import save_figure
+    return save_figure(fig, out)
 
 
 def token_counts(lm) -> np.ndarray | None:

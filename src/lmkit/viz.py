@@ -7,6 +7,17 @@ from pathlib import Path
 from .io import atomic_path
 
 
+def save_figure(fig, out_png: str | Path) -> Path:
+    """Lay out, write atomically as PNG (no half-written file), and free the figure."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out_png
+
+
 def read_metrics(path: str | Path) -> tuple[list, list]:
     train, val = [], []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
@@ -45,12 +56,7 @@ def plot_runs(runs: list[str | Path], out_png: str | Path) -> Path:
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.grid(alpha=0.3)
     by_tokens.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def plot_loss(metrics_path: str | Path, out_png: str | Path, title: str | None = None) -> None:
@@ -69,7 +75,4 @@ def plot_loss(metrics_path: str | Path, out_png: str | Path, title: str | None =
     ax.set_title(title or Path(out_png).parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, out_png)
