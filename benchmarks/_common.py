@@ -40,9 +40,12 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def report(title: str, header: list[str], rows: list[list], notes: str = "") -> None:
-    """Print the table and append it to RESULTS.md with date, machine, commit and command."""
+    """Print the table and append it to RESULTS.md with date, machine, commit and command
+    (print only when the environment sets LMKIT_BENCH_PROBE=1: exploratory runs stay out of RESULTS.md)."""
     text = table(header, rows)
     print(text)
+    if os.environ.get("LMKIT_BENCH_PROBE") == "1":
+        return
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     cmd = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     with open(RESULTS, "a", encoding="utf-8") as f:

@@ -23,7 +23,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--mlm-iters", type=int, default=400)
+    ap.add_argument("--mlm-iters", type=int, default=600)
     ap.add_argument("--set", dest="overrides", nargs="+", default=[], help="pretraining config overrides")
     a, rest = ap.parse_known_args()
     from lmkit.config import load_config
@@ -35,9 +35,9 @@ def main() -> None:
     text.write_text("\n".join(read_labeled(DATA / "train.tsv").texts) + "\n", encoding="utf-8")
     def pretrain(out: Path, iters: int):
         cfg = load_config(None, [f"data={text}", f"out_dir={out}", "tokenizer=wordpiece", "data.vocab_size=8000",
-                                 "type=bert", "objective=mlm", "n_layer=2", "n_head=4", "n_embd=128",
-                                 "block_size=64", "batch_size=32", "learning_rate=2e-3", "min_lr=2e-4",
-                                 "warmup_iters=50", f"max_iters={iters}", f"eval_interval={max(1, iters)}",
+                                 "type=bert", "objective=mlm", "n_layer=4", "n_head=4", "n_embd=128",
+                                 "block_size=64", "norm_position=pre", "pos=rope", "batch_size=64",
+                                 "learning_rate=3e-3", "min_lr=3e-4", "warmup_iters=100", f"max_iters={iters}", f"eval_interval={max(1, iters)}",
                                  "eval_iters=10", "dropout=0.1", *a.overrides])
         t0 = time.perf_counter()
         return Trainer(cfg).fit(), time.perf_counter() - t0, cfg
@@ -54,7 +54,7 @@ def main() -> None:
                                              out=str(tmp / f"cls{iters}"), base=str(tmp / f"bert{iters}"), **kw))
         t_ft = time.perf_counter() - t1
         m = cfg.model
-        rows.append([f"bert {m.n_layer}x{m.n_embd} ({m.norm_position} norm), WordPiece 8000", name,
+        rows.append([f"bert {m.n_layer}x{m.n_embd} ({m.norm_position} norm, {m.pos} positions), WordPiece 8000", name,
                      f"{pre.val_loss:.3f}", ", ".join(f"{k}={v}" for k, v in kw.items()), f"{r['accuracy']:.4f}",
                      f"{r['macro_f1']:.4f}", f"{t_pre:.0f}", f"{t_ft:.0f}"])
     report("SST-2 dev accuracy: BERT from scratch, with and without MLM pretraining on SST-2 train text",

@@ -35,9 +35,9 @@ def test_wordpiece_tokenizer_has_bert_specials_and_loads_from_vocab_txt(tmp_path
     assert again.encode("The QUICK fox [MASK].") == ids and again.mask_id == 4
 
 
-@pytest.mark.parametrize("norm_position", ["auto", "pre"])
-def test_bert_attends_both_ways_and_ignores_padding(norm_position):
-    model = tiny_bert(norm_position=norm_position)
+@pytest.mark.parametrize("norm_position,pos", [("auto", "learned"), ("pre", "learned"), ("pre", "rope")])
+def test_bert_attends_both_ways_and_ignores_padding(norm_position, pos):
+    model = tiny_bert(norm_position=norm_position, pos=pos)
     idx = torch.randint(5, 50, (1, 8))
     h = model.encode(idx)
     changed = idx.clone()
@@ -47,8 +47,8 @@ def test_bert_attends_both_ways_and_ignores_padding(norm_position):
     mask = torch.cat([torch.ones(1, 8), torch.zeros(1, 4)], dim=1).long()
     torch.testing.assert_close(model.encode(padded, mask)[:, :8], h, atol=1e-5, rtol=1e-5)
     logits, loss = model(idx, targets=torch.full_like(idx, -100).index_fill(1, torch.tensor([2]), 7))
-    assert logits.shape == (1, 8, 50)
-    expected = -torch.log_softmax(logits[0, 2], -1)[7]  # loss over the one selected position only
+    assert logits.shape == (1, 50)  # the head runs on the one selected position only
+    expected = -torch.log_softmax(model(idx)[0][0, 2], -1)[7]  # loss over the one selected position only
     torch.testing.assert_close(loss, expected)
     assert model.mlm_bias.shape == (50,) and not hasattr(model, "lm_head")  # decoder = wte (tied)
 
@@ -163,6 +163,31 @@ def test_pre_ln_bert_blocks_and_export_refusal(tmp_path):
         lmkit_to_bert(pre.state_dict(), cfg)
     cfg.model = ModelConfig(norm_position="post")
     with pytest.raises(LmkitError, match="norm_position = 'post' is for type = 'bert'"):
+        validate(cfg)
+
+
+def test_rope_bert_has_no_position_table_and_sees_relative_offsets(tmp_path):
+    model = tiny_bert(norm_position="pre", pos="rope")
+    assert not hasattr(model, "wpe") and model.num_params() == sum(p.numel() for p in model.parameters())
+    blk, x = model.h[0], torch.randn(1, 6, 16)
+    q, k, _ = blk.attn.qkv(x).split(16, dim=-1)
+    q, k = (t.view(1, 6, 2, 8).transpose(1, 2) for t in (q, k))
+    cos, sin = model.rope_cos, model.rope_sin
+    from lmkit.models.attention import apply_rope
+    # the same pair of vectors at positions (1, 3) and (4, 6) gets the same score: only the offset counts
+    qa, ka = apply_rope(q[..., :1, :], cos[1:2], sin[1:2]), apply_rope(k[..., :1, :], cos[3:4], sin[3:4])
+    qb, kb = apply_rope(q[..., :1, :], cos[4:5], sin[4:5]), apply_rope(k[..., :1, :], cos[6:7], sin[6:7])
+    torch.testing.assert_close((qa * ka).sum(-1), (qb * kb).sum(-1), atol=1e-5, rtol=1e-5)
+    idx = torch.randint(5, 50, (1, 8))
+    assert not torch.allclose(model.encode(idx), model.encode(idx.roll(1, dims=1)).roll(-1, dims=1))  # order matters
+    from lmkit.config import Config, validate
+    from lmkit.hf import lmkit_to_bert
+    cfg = Config()
+    cfg.model = ModelConfig(type="bert", pos="rope")
+    with pytest.raises(LmkitError, match="learned positions; this model has pos = 'rope'"):
+        lmkit_to_bert(model.state_dict(), cfg)
+    cfg.model.pos, cfg.train.objective = "sinusoidal", "mlm"
+    with pytest.raises(LmkitError, match="model.pos = 'sinusoidal' is not available for type = 'bert'"):
         validate(cfg)
 
 

@@ -274,6 +274,8 @@ def validate(cfg: Config) -> Config:
     need(m.vocab_size >= 0, f"model.vocab_size must be >= 0 (got {m.vocab_size})")
     need(m.type == "bert" or m.norm_position != "post",
          f"norm_position = 'post' is for type = 'bert' ({m.type} blocks are pre-norm)")
+    need(m.type != "bert" or m.pos in ("learned", "rope"),
+         f"model.pos = '{m.pos}' is not available for type = 'bert' (use 'learned' or 'rope')")
     need(m.type_vocab_size > 0, f"model.type_vocab_size must be positive (got {m.type_vocab_size})")
     need(0.0 < t.mlm_probability < 1.0, f"mlm_probability must be in (0, 1) (got {t.mlm_probability})")
     need(t.objective == "mlm" or m.type != "bert", "model.type = 'bert' trains with objective = 'mlm'")

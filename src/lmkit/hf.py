@@ -247,6 +247,8 @@ def lmkit_to_bert(sd: dict, cfg: Config) -> tuple[dict, dict]:
     m = cfg.model
     if m.norm_position == "pre":
         raise LmkitError("export-hf: Hugging Face BERT is post-LN; this model has norm_position = 'pre'")
+    if m.pos != "learned":
+        raise LmkitError(f"export-hf: Hugging Face BERT has learned positions; this model has pos = '{m.pos}'")
     reverse = {}
     for hf_name, ours in HF_BERT_NAMES.items():
         for i in range(m.n_layer) if "{i}" in ours else [None]:
