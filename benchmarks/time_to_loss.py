@@ -6,7 +6,8 @@
 Each run trains in this process and stops at the first evaluation whose val loss is ≤ --target.
 Time counts training steps only (evaluations are timed and left out; the table shows them too).
 Every recipe is evaluated on the same number of validation tokens (--eval-tokens, drawn with a fixed
-seed), so the noise of the val estimate is the same for all.
+seed), so the noise of the val estimate is the same for all. The default comparison takes ~13 minutes,
+over the 10 of the other benchmarks: the baseline alone needs more than 8,000 steps to reach 1.58.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from _common import report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = [
-    "baseline:examples/shakespeare_char_nanogpt.toml max_iters=8000 lr_decay_iters=8000 eval_interval=200",
-    "recommended:examples/shakespeare_char.toml eval_interval=100",
+    # nanoGPT's recipe stretched to 10,000 steps: with 8,000 it ends at val 1.598 here, short of 1.58
+    "baseline:examples/shakespeare_char_nanogpt.toml max_iters=10000 lr_decay_iters=10000 eval_interval=200",
+    "recommended:examples/shakespeare_char.toml eval_interval=50",
 ]
 
 
@@ -69,7 +71,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, metavar="LABEL:CONFIG [KEY=VALUE ...]")
     ap.add_argument("--target", type=float, default=1.58)
     ap.add_argument("--eval-tokens", type=int, default=16384, help="val tokens per evaluation (default 16384)")
-    ap.add_argument("--max-minutes", type=float, default=8.0, help="give up on a run after this much training")
+    ap.add_argument("--max-minutes", type=float, default=10.0, help="give up on a run after this much training")
     ap.add_argument("--title", default="time to val loss on tiny-shakespeare (char)")
     ap.add_argument("--set", dest="overrides", nargs="+", default=[], help="KEY=VALUE for every run")
     a = ap.parse_args()

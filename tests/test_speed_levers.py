@@ -52,9 +52,12 @@ def test_softcap_bounds_logits_and_qk_norm_normalises():
     logits, _ = model(torch.randint(0, 50, (2, 8)))
     assert logits.abs().max() <= 2.0 and logits.abs().max() > 1.9
     cfg.logit_softcap, cfg.qk_norm = 0.0, True
-    attn = build_model(cfg).h[0].attn
-    q = torch.randn(2, 2, 8, 8) * 50
-    assert torch.allclose(attn.q_norm(q).pow(2).mean(-1), torch.ones(2, 2, 8), atol=1e-3)
+    for norm, kind in (("rmsnorm", torch.nn.RMSNorm), ("layernorm", torch.nn.LayerNorm)):  # the model's own norm
+        cfg.norm = norm
+        attn = build_model(cfg).h[0].attn
+        assert isinstance(attn.q_norm, kind) and isinstance(attn.k_norm, kind)
+        q = torch.randn(2, 2, 8, 8) * 50 + 3
+        assert torch.allclose(attn.q_norm(q).pow(2).mean(-1), torch.ones(2, 2, 8), atol=1e-3)
 
 
 @pytest.mark.parametrize("shape", [(64, 16), (16, 64), (32, 32), (3, 48, 12)])

@@ -44,7 +44,7 @@ class ModelConfig:
     # gelu_tanh = GPT-2's approximation; relu2 = ReLU(x W_1)² W_2 (So et al., 2021, "Primer")
     mlp: Literal["gelu", "gelu_tanh", "swiglu", "relu2"] = "gelu"
     tie_embeddings: bool = True  # the output head shares the token-embedding matrix
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys before the dot product
+    qk_norm: bool = False  # normalise each head's queries and keys (with `norm`) before the dot product
     logit_softcap: float = 0.0  # > 0: logits = cap · tanh(logits / cap) (Gemma 2); 0 = off
     type_vocab_size: int = 2  # bert: segment (token type) embeddings, sentence A / B
     # where each block normalises: auto = as the family's paper (gpt: pre-LN, bert: post-LN);

@@ -20,10 +20,11 @@ from ..config import ModelConfig
 from .attention import KVCache, apply_rope, attend, rope_tables
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
+def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or cfg.n_embd
     if cfg.norm == "rmsnorm":  # x / sqrt(mean(x²) + ε) · g
-        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)  # (x − μ) / σ · g + b
+        return nn.RMSNorm(dim, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)  # (x − μ) / σ · g + b
 
 
 class CausalSelfAttention(nn.Module):
@@ -36,9 +37,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.rope = cfg.pos == "rope"
-        if cfg.qk_norm:  # q ← q / rms(q) · g_q, k ← k / rms(k) · g_k per head: bounded attention logits
-            self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
-            self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+        if cfg.qk_norm:  # q ← norm(q) · g_q, k ← norm(k) · g_k per head (the model's norm): bounded attention logits
+            self.q_norm, self.k_norm = make_norm(cfg, self.head_dim), make_norm(cfg, self.head_dim)
         self.qk_norm = cfg.qk_norm
 
     def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0, mask=None):
