@@ -42,6 +42,36 @@ def test_each_lever_trains(text_file, tmp_path, options):
     assert isinstance(lmkit.load(result.out_dir).generate("1 little", max_new_tokens=5, temperature=0), str)
 
 
+@pytest.mark.parametrize("T", [16, 64])
+def test_bf16_attention_on_cpu_takes_the_explicit_kernel_and_matches_fp32(T):
+    from lmkit.models.attention import attend, attend_explicit, short_bf16_on_cpu
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, T, 16) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    assert short_bf16_on_cpu(qb, kb, vb, None) and not short_bf16_on_cpu(q, k, v, None)
+    assert not short_bf16_on_cpu(qb[:, :, :1], kb, vb, None)  # a decode step (Tq != Tk) goes to SDPA
+    y = attend(qb, kb, vb, causal=True)
+    assert y.dtype == torch.bfloat16
+    assert (y.float() - ref).abs().max() < 0.05  # bf16 has 8 bits of mantissa
+    assert torch.equal(y, attend_explicit(qb, kb, vb, causal=True))
+    # causal: the first query sees only the first key, so its output is v[0] exactly (up to bf16)
+    assert torch.allclose(y[:, :, 0].float(), vb[:, :, 0].float())
+    y.float().sum().backward()
+    q32 = q.clone().requires_grad_()
+    torch.nn.functional.scaled_dot_product_attention(q32, k, v, is_causal=True).sum().backward()
+    assert (qb.grad.float() - q32.grad).abs().max() < 0.1
+
+
+def test_training_under_bf16_autocast_on_cpu(text_file, tmp_path):
+    cfg = tiny_config(tmp_path / "run", text_file, max_iters=40, eval_interval=40, eval_iters=4)
+    cfg.train.dtype = "bfloat16"
+    result = lmkit.train(cfg, progress=False)
+    first, last = _evals(result.out_dir)[0], _evals(result.out_dir)[-1]
+    assert last["val_loss"] < 0.7 * first["val_loss"], (first, last)
+    assert all(t.dtype == torch.float32 for t in load_file(result.out_dir / "model.safetensors").values())
+
+
 def test_softcap_bounds_logits_and_qk_norm_normalises():
     cfg = Config().model
     cfg.vocab_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size = 50, 1, 2, 16, 8

@@ -23,11 +23,35 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
     if k.size(1) != q.size(1):  # grouped-query attention: each K/V head serves n_head/n_kv_head query heads
         rep = q.size(1) // k.size(1)
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                       is_causal=causal and mask is None)
+    if short_bf16_on_cpu(q, k, v, mask):
+        y = attend_explicit(q, k, v, causal, dropout_p)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                           is_causal=causal and mask is None)
     if _recorded is not None:
         _recorded.append(attention_weights(q, k, causal, mask))
     return y
+
+
+def short_bf16_on_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """The kernel choice by shape. In bf16 on a CPU, PyTorch's flash kernel (its backward above all) is
+    slower than plain matmuls + softmax up to ~256 positions (benchmarks/RESULTS.md, 'attention kernel
+    by shape'); beyond that flash wins and keeps memory linear in T. fp32 always takes flash."""
+    return (q.device.type == "cpu" and v.dtype in (torch.bfloat16, torch.float16) and mask is None
+            and q.size(-2) == k.size(-2) <= 256)
+
+
+def attend_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                    dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(Q Kᵀ / √d_k + causal mask) V with the products in v's dtype and the softmax in fp32."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+    if causal:
+        t = scores.size(-1)
+        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    probs = scores.float().softmax(dim=-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p)
+    return probs.to(v.dtype) @ v
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, causal: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
