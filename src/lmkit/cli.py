@@ -12,7 +12,7 @@ from .errors import LmkitError
 QUICKSTART = [
     "data=shakespeare", "tokenizer=char", "n_layer=4", "n_head=4", "n_embd=128", "block_size=64",
     "batch_size=16", "learning_rate=2e-3", "min_lr=2e-4", "max_iters=1500", "eval_interval=250",
-    "eval_iters=10", "warmup_iters=50", "pos=rope", "norm=rmsnorm", "bias=false",
+    "eval_iters=10", "warmup_iters=50", "pos=rope", "norm=layernorm", "bias=false",  # LayerNorm: fused on CPUs, RMSNorm is not
 ]
 
 
