@@ -35,8 +35,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
 
 def short_bf16_on_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """The kernel choice by shape. In bf16 on a CPU, PyTorch's flash kernel (its backward above all) is
-    slower than plain matmuls + softmax up to ~256 positions (benchmarks/RESULTS.md, 'attention kernel
-    by shape'); beyond that flash wins and keeps memory linear in T. fp32 always takes flash."""
+    slower than plain matmuls + softmax up to ~256 positions (benchmarks/RESULTS.md, notes of the
+    2026-12-01 train throughput table); beyond that flash wins and keeps memory linear in T. fp32 always
+    takes flash."""
     return (q.device.type == "cpu" and v.dtype in (torch.bfloat16, torch.float16) and mask is None
             and q.size(-2) == k.size(-2) <= 256)
 
