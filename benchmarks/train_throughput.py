@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 from matmul_peak import gflops  # noqa: E402
 
+from lmkit.train.trainer import resolve_dtype  # noqa: E402
+
 SIZES = {"4x128 (T 64, batch 12)": (4, 4, 128, 64, 12), "6x384 (T 256, batch 16)": (6, 6, 384, 256, 16)}
 VOCAB = 65  # tiny-shakespeare characters
 
@@ -90,7 +92,8 @@ def main() -> None:
     torch.manual_seed(0)
     peak = gflops(1024, torch.float32, seconds=2.0)
     peak_bf16 = gflops(1024, torch.bfloat16, seconds=2.0)
-    bf16 = peak_bf16 > 1.5 * peak and not a.no_bf16  # native bf16 (AVX-512 BF16 / AMX); AVX2 emulates it ~100x slower
+    # bf16 rows where the trainer's dtype "auto" would pick bf16 (AVX-512 BF16 / AMX); AVX2 emulates it ~100x slower
+    bf16 = resolve_dtype("auto", torch.device("cpu")) == "bfloat16" and not a.no_bf16
     rows = []
     for size in a.sizes:
         L, H, d, T, B = SIZES[size]
@@ -106,7 +109,7 @@ def main() -> None:
             contenders["transformers + AdamW, bf16 autocast"] = hf_step_fn(L, H, d, T, bf16=True)
             contenders["lmkit, bf16 autocast"] = lmkit_step_fn(L, H, d, T, bf16=True)[0]
             if a.compile:
-                contenders["lmkit, bf16 autocast + torch.compile"] = lmkit_step_fn(L, H, d, T, True, bf16=True)[0]
+                contenders["lmkit, bf16 autocast + torch.compile"] = lmkit_step_fn(L, H, d, T, compile_=True, bf16=True)[0]
         for step in contenders.values():  # warm-up (and compile)
             time_steps(step, x, y, 2)
         times = {k: [] for k in contenders}

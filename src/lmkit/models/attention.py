@@ -35,36 +35,36 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
 
 def short_bf16_on_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """The kernel choice by shape. In bf16 on a CPU, PyTorch's flash kernel (its backward above all) is
-    slower than plain matmuls + softmax up to ~256 positions (benchmarks/RESULTS.md, notes of the
-    2026-12-01 train throughput table); beyond that flash wins and keeps memory linear in T. fp32 always
-    takes flash."""
+    1.4-4x slower than plain matmuls + softmax up to 128 positions; at 256 the two are even and from 512
+    flash wins and keeps memory linear in T (`benchmarks/kernel_choice.py`). fp32 always takes flash."""
     return (q.device.type == "cpu" and v.dtype in (torch.bfloat16, torch.float16) and mask is None
-            and q.size(-2) == k.size(-2) <= 256)
+            and q.size(-2) == k.size(-2) <= 128)
 
 
 def attend_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                     dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(Q Kᵀ / √d_k + causal mask) V with the products in v's dtype and the softmax in fp32."""
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
-    if causal:
-        t = scores.size(-1)
-        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
-    probs = scores.float().softmax(dim=-1)
+    probs = masked_scores(q, k, causal).float().softmax(dim=-1)
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p)
     return probs.to(v.dtype) @ v
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, causal: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The matrix SDPA applies to V, spelled out: softmax(Q Kᵀ / √d_k + mask) -> (B, H, Tq, Tk)."""
-    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
+    """The matrix SDPA applies to V, spelled out in fp32: softmax(Q Kᵀ / √d_k + mask) -> (B, H, Tq, Tk)."""
+    return masked_scores(q.float(), k.float(), causal, mask).softmax(dim=-1)
+
+
+def masked_scores(q: torch.Tensor, k: torch.Tensor, causal: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Q Kᵀ / √d_k in q's dtype, −inf where a query may not look (mask False, or a later key if causal)."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    elif causal:
+        return scores.masked_fill(~mask, float("-inf"))
+    if causal:
         tq, tk = scores.shape[-2:]
         scores = scores.masked_fill(torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril().logical_not(),
                                     float("-inf"))
-    return scores.softmax(dim=-1)
+    return scores
 
 
 @contextmanager
