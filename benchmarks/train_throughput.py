@@ -4,7 +4,7 @@ GPT2LMHeadModel with torch.optim.AdamW, in fp32 and, where the CPU computes bf16
 softmax and loss, attention kernel chosen by shape). Model FLOPs utilisation is against the matmul
 peak of the same precision, measured in this run.
 
-    python benchmarks/train_throughput.py [--steps 8] [--rounds 3] [--compile] [--no-bf16]
+    python benchmarks/train_throughput.py [--steps 8] [--rounds 3] [--compile] [--no-bf16] [--explicit-max-t N]
 
 Contenders are interleaved (round-robin, --rounds times --steps timed steps each, after warm-up) and
 the median step time is reported, so background load hits all of them alike.
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 from matmul_peak import gflops  # noqa: E402
 
+from lmkit.models import attention  # noqa: E402
 from lmkit.train.trainer import resolve_dtype  # noqa: E402
 
 SIZES = {"4x128 (T 64, batch 12)": (4, 4, 128, 64, 12), "6x384 (T 256, batch 16)": (6, 6, 384, 256, 16)}
@@ -88,7 +89,11 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time lmkit under torch.compile (about a minute of compiling per row)")
     ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 rows even where the CPU has native bf16")
+    ap.add_argument("--explicit-max-t", type=int, default=attention.EXPLICIT_MAX_T,
+                    help="bf16 on a CPU: lmkit's explicit attention up to this length, flash beyond "
+                         f"(default lmkit's {attention.EXPLICIT_MAX_T}; one value per run: torch.compile guards on it)")
     a = ap.parse_args()
+    attention.EXPLICIT_MAX_T = a.explicit_max_t
     torch.manual_seed(0)
     peak = gflops(1024, torch.float32, seconds=2.0)
     peak_bf16 = gflops(1024, torch.bfloat16, seconds=2.0)
@@ -132,7 +137,8 @@ def main() -> None:
            notes=f"Measured in the same run: matmul peak (1024×1024) fp32 {peak:.1f} GFLOP/s, bf16 "
                  f"{peak_bf16:.1f} GFLOP/s ({peak_bf16 / peak:.2f}× fp32"
                  + ("" if bf16 else "; bf16 rows skipped: no native bf16 here, lmkit trains in fp32") + "). "
-                 f"torch threads {torch.get_num_threads()}; {a.rounds} interleaved rounds of {a.steps} steps.")
+                 f"torch threads {torch.get_num_threads()}; {a.rounds} interleaved rounds of {a.steps} steps; "
+                 f"bf16 explicit attention up to T {a.explicit_max_t}.")
 
 
 if __name__ == "__main__":

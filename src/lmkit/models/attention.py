@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 _recorded: list | None = None  # set by record_attention(): every attend() call appends its weights
+EXPLICIT_MAX_T = 256  # bf16 on a CPU: explicit attention up to this many positions, flash beyond (see below)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -35,10 +36,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
 
 def short_bf16_on_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
     """The kernel choice by shape. In bf16 on a CPU, PyTorch's flash kernel (its backward above all) is
-    1.4-4x slower than plain matmuls + softmax up to 128 positions; at 256 the two are even and from 512
-    flash wins and keeps memory linear in T (`benchmarks/kernel_choice.py`). fp32 always takes flash."""
+    2-4x slower than plain matmuls + softmax up to 128 positions; at 256 the two are even alone, but
+    under torch.compile the explicit form fuses with its neighbours and the whole step is faster; from
+    512 flash wins and keeps memory linear in T (`benchmarks/kernel_choice.py`, `train_throughput.py
+    --explicit-max-t`). fp32 always takes flash."""
     return (q.device.type == "cpu" and v.dtype in (torch.bfloat16, torch.float16) and mask is None
-            and q.size(-2) == k.size(-2) <= 128)
+            and q.size(-2) == k.size(-2) <= EXPLICIT_MAX_T)
 
 
 def attend_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
