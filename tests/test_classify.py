@@ -121,7 +121,7 @@ def test_bad_input_is_named(files, tmp_path, capsys):
         (dict(label_field="stars"), "no label field 'stars'"),
         (dict(train=str(one)), "one.tsv: field 'label' has a single class"),
         (dict(eval=str(unseen)), "unseen.tsv: row 2: 'label' = '7' never occurs"),
-        (dict(base=str(tmp_path)), "not a model directory"),
+        (dict(base=str(tmp_path)), "not a run directory"),
     ]
     for kw, msg in cases:
         c = dict(train=str(train), eval=str(dev), out=str(tmp_path / "o"), model="bag-of-embeddings", progress=False)

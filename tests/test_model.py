@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lmkit.config import ModelConfig
-from lmkit.generate import SamplingConfig, generate_ids
+from lmkit.engine import generate_ids
+from lmkit.sampling import SamplingConfig
 from lmkit.models import build_model
 
 VARIANTS = [dict(pos=p, norm=n, mlp=m, bias=b, tie_embeddings=t)

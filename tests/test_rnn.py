@@ -4,8 +4,9 @@ import torch
 
 from conftest import tiny_config
 from lmkit.config import ModelConfig
-from lmkit.generate import SamplingConfig, generate_ids
+from lmkit.engine import generate_ids
 from lmkit.models import build_model
+from lmkit.sampling import SamplingConfig
 
 
 def test_rnn_trains_with_the_trainer_and_generates(tmp_path, cell="lstm"):
@@ -40,7 +41,8 @@ def test_rnn_state_carries_between_steps_like_a_cache(cell):
 def test_rnn_batch_of_different_lengths_equals_each_alone():
     import torch
     from lmkit.config import ModelConfig
-    from lmkit.generate import SamplingConfig, generate_ids
+    from lmkit.engine import generate_ids
+    from lmkit.sampling import SamplingConfig
     from lmkit.models import build_model
     torch.manual_seed(0)
     for rnn in ("lstm", "gru"):

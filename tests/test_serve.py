@@ -109,6 +109,19 @@ def test_chat_streaming_and_not(client, lm):
     assert prompt_room.usage.prompt_tokens + prompt_room.usage.completion_tokens <= lm.config.model.block_size
 
 
+def test_request_defaults_are_samplingconfigs_but_where_openai_documents_its_own():
+    from lmkit.sampling import SamplingConfig
+    from lmkit.serve.schemas import ChatRequest, CompletionRequest
+    msgs = [{"role": "user", "content": "hi"}]
+    chat = ChatRequest(model="m", messages=msgs)
+    assert chat.max_tokens is None and chat.max_completion_tokens is None  # a reply may fill the context
+    assert CompletionRequest(model="m", prompt="x").max_tokens == 16
+    openai_defaults = dict(temperature=1.0, top_p=1.0, top_k=None)  # the whole distribution at T = 1
+    assert chat.sampling(10, (), None) == SamplingConfig(max_new_tokens=10, **openai_defaults)
+    explicit_nulls = ChatRequest(model="m", messages=msgs, repetition_penalty=None, top_k=None, min_p=None)
+    assert explicit_nulls.sampling(10, (), None) == chat.sampling(10, (), None)
+
+
 def test_invalid_requests_get_openai_errors_and_the_server_keeps_serving(client, base_url, lm):
     model = lm.path.name
     cases = [

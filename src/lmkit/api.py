@@ -7,21 +7,25 @@ from typing import Iterator
 
 import torch
 
-from .config import load_json
+from .chat import PLAIN, check_messages
 from .errors import LmkitError
 from .generate import sampling_config, stream_pieces
-from .models import build_model
+from .runs import MODELS, Run, open_run
 from .tokenizer import Tokenizer
-from .train.checkpoint import load_weights
 
 
 class LM:
     """A trained model with its tokenizer and config, ready to generate."""
 
-    def __init__(self, model, tokenizer: Tokenizer, config, path: Path | None = None, chat_template=None):
-        from .chat import PLAIN
+    def __init__(self, model, tokenizer: Tokenizer, config, path: Path | None = None, chat_template=None,
+                 run: Run | None = None):
         self.model, self.tokenizer, self.config, self.path = model, tokenizer, config, path
         self.chat_template = chat_template or PLAIN  # chat.py: the run's own, or plain-text role markers
+        self.run = run  # what the directory was (kind, meta), when it came from one
+
+    @classmethod
+    def from_run(cls, run: Run) -> "LM":
+        return cls(run.model, run.tokenizer, run.config, run.path, run.chat_template, run)
 
     @property
     def device(self) -> torch.device:
@@ -65,7 +69,6 @@ class LM:
     def chat_prompt(self, messages) -> tuple[str, tuple[str, ...]]:
         """A conversation ([(role, content), …] or [{"role", "content"}, …]) -> (the prompt for the
         assistant's reply in this run's chat template, the stop strings that end the reply)."""
-        from .chat import check_messages
         if messages and isinstance(messages[0], dict):
             messages = check_messages(messages)
         return self.chat_template.prompt(list(messages))
@@ -118,32 +121,8 @@ class LM:
                 for ps, ix in zip(top.values, top.indices)]
 
 
-def load(path: str | Path, device: str = "cpu") -> LM:
-    """Load a run directory written by `lmkit train`, a Hugging Face model folder (GPT-2 or
-    Llama-style), or `hf:<hub id>` (downloads; needs internet)."""
-    from .hf import is_hf_dir, load_hf
-    if str(path).startswith("hf:") or is_hf_dir(path):
-        return load_hf(path, device)
-    path = Path(path)
-    if not path.is_dir():
-        raise LmkitError(f"{path}: no such run directory")
-    if not (path / "config.json").is_file():
-        raise LmkitError(f"{path}: not a run directory (no config.json)")
-    if (path / "classifier.json").is_file():
-        raise LmkitError(f"{path}: a text classifier (made by lmkit finetune classify); use `lmkit predict` "
-                         "or lmkit.finetune.classify.load_classifier")
-    cfg = load_json(path / "config.json")
-    tokenizer = Tokenizer.load(path / "tokenizer.json")
-    from .chat import load_template
-    template = load_template(path, tokenizer)
-    model = build_model(cfg.model)
-    from .compress import QUANT_FILE, load_int8
-    if (path / QUANT_FILE).is_file():  # written by `lmkit quantize`
-        return LM(load_int8(model, path), tokenizer, cfg, path, template)
-    from .finetune.lora import ADAPTER_CONFIG, load_adapted
-    if (path / ADAPTER_CONFIG).is_file():  # a LoRA fine-tune: base + adapters, merged for inference
-        model = load_adapted(model, path)
-    else:
-        load_weights(model, path / "model.safetensors")
-    model.to(device).eval()
-    return LM(model, tokenizer, cfg, path, template)
+def load(path: str | Path, device: str = "cpu", accept=MODELS, families=None, purpose: str = "lmkit.load") -> LM:
+    """Load a model directory as an LM: a run written by `lmkit train` (or quantize, prune, finetune), a
+    Hugging Face model folder (GPT-2, Llama-style, BERT), or `hf:<hub id>` (downloads; needs internet).
+    `accept` / `families` narrow what is taken (see lmkit.runs); anything else is refused in one line."""
+    return LM.from_run(open_run(path, accept=accept, families=families, purpose=purpose, device=device))

@@ -2,7 +2,7 @@
 
     score(y) = Σ_t log P(y_t | x, y_<t) / |y|^α        (α = length_penalty; α > 0 favours longer outputs)
 
-Useful where one best answer is wanted (translation, summarisation); sampling (generate.py) is for
+Useful where one best answer is wanted (translation, summarisation); sampling (sampling.py, engine.py) is for
 open-ended text. The beams are the rows of one batch sharing a pre-allocated key/value cache, which is
 reordered whenever a beam's parent changes.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .errors import LmkitError
-from .generate import fit_to_context
+from .sampling import fit_to_context
 
 
 @torch.no_grad()

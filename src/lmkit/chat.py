@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import LmkitError
+from .io import atomic_write_text
 
 TEMPLATE_FILE = "chat_template.json"
 ROLES = ("system", "user", "assistant")
@@ -80,7 +81,6 @@ class ChatTemplate:
                 + json.dumps(self.reply) + " }}{% endif %}")
 
     def save(self, run_dir: str | Path) -> None:
-        from .io import atomic_write_text
         atomic_write_text(Path(run_dir) / TEMPLATE_FILE, json.dumps(asdict(self), indent=2) + "\n")
 
 

@@ -15,96 +15,49 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 
-from .config import save_json
+from .data.shards import is_prepared, open_split
 from .errors import LmkitError
+from .evaluate.lm import score_tokens
 from .io import atomic_path, atomic_write_text
+from .models.classifier import mean_pool
+from .models.int8 import block_linears, pack_state
+from .runs import FLOAT, check_target, open_run, save_run
+from .runs.detect import MARKERS
+from .train.trainer import Trainer
 
-QUANT_FILE = "quantization.json"
-
-
-def _block_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """The Linear layers inside the Transformer blocks (not embeddings or the output head)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("h.")}
-
-
-def _copy_run_files(lm, dst: Path, overwrite: bool) -> None:
-    if dst.exists() and any(dst.iterdir()):
-        if not overwrite:
-            raise LmkitError(f"{dst}: folder is not empty (use --overwrite)")
-    dst.mkdir(parents=True, exist_ok=True)
-    lm.tokenizer.save(dst / "tokenizer.json")  # also for a Hugging Face folder that has only vocab.txt
-
-
-def _weights_file(run_dir: Path) -> Path:
-    """model.safetensors, or a Hugging Face folder's pytorch_model.bin."""
-    f = run_dir / "model.safetensors"
-    return f if f.is_file() else run_dir / "pytorch_model.bin"
+def _source_bytes(path: Path) -> int:
+    """Size of the weights a model directory was read from (model.safetensors, or a Hugging Face
+    folder's shards / pytorch_model.bin)."""
+    files = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else \
+        sorted(path.glob("*.safetensors")) or [path / "pytorch_model.bin"]
+    return sum(f.stat().st_size for f in files if f.is_file())
 
 
 # ---- int8 -------------------------------------------------------------------------------------------
-def int8_pack(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w (out, in) -> (round(w / s) as int8, s) with one scale s = max|w_row| / 127 per output row."""
-    w = w.float()
-    scale = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=1e-12)  # (out, 1)
-    return torch.round(w / scale).clamp(-127, 127).to(torch.int8), scale.squeeze(1)
-
-
 def quantize_int8(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
     """Write a copy of the run (GPT, or a BERT encoder: an lmkit run or a Hugging Face folder such as
     all-MiniLM-L6-v2) with int8 block weights; returns sizes before and after."""
-    from .api import load
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    lm = load(run_dir)
-    linears = _block_linears(lm.model)
-    sd = {k: v.detach().contiguous() for k, v in lm.model.state_dict().items()}
-    if lm.config.model.tie_embeddings:
+    check_target(out_dir, overwrite, source=run_dir)
+    run = open_run(run_dir, accept=FLOAT, families=("gpt", "bert"), purpose="quantize",
+                   hints={"int8": "it is already int8"})
+    modules = sorted(block_linears(run.model))
+    sd = {k: v.detach().contiguous() for k, v in run.model.state_dict().items()}
+    if run.config.model.tie_embeddings:
         sd.pop("lm_head.weight", None)
-    for name in linears:
-        sd[f"{name}.weight_int8"], sd[f"{name}.weight_scale"] = int8_pack(sd.pop(f"{name}.weight"))
-    _copy_run_files(lm, out_dir, overwrite)
-    with atomic_path(out_dir / "model.safetensors") as tmp:
-        save_file(sd, str(tmp), metadata={"format": "pt", "quantization": "int8-per-channel"})
-    atomic_write_text(out_dir / QUANT_FILE, json.dumps({"method": "int8-per-channel", "modules": sorted(linears)}) + "\n")
-    save_json(lm.config, out_dir / "config.json")
-    before = _weights_file(lm.path).stat().st_size
-    return {"bytes_before": before, "bytes_after": (out_dir / "model.safetensors").stat().st_size,
-            "modules": len(linears)}
-
-
-def load_int8(model: nn.Module, run_dir: Path) -> nn.Module:
-    """Fill `model` from an int8 run directory and swap its block Linears for int8 kernels."""
-    info = json.loads((run_dir / QUANT_FILE).read_text())
-    try:
-        sd = load_file(str(run_dir / "model.safetensors"))
-    except Exception as e:
-        raise LmkitError(f"{run_dir / 'model.safetensors'}: corrupt or truncated ({str(e).splitlines()[0]})")
-    for name in info["modules"]:
-        q, s = sd.pop(f"{name}.weight_int8"), sd.pop(f"{name}.weight_scale")
-        sd[f"{name}.weight"] = q.float() * s[:, None]
-    if model.config.tie_embeddings and "lm_head.weight" in model.state_dict():  # a GPT's tied output head
-        sd["lm_head.weight"] = sd["wte.weight"]
-    model.load_state_dict(sd)
-    return dynamic_int8(model, info["modules"])
-
-
-def dynamic_int8(model: nn.Module, modules: list[str] | None = None) -> nn.Module:
-    """A copy of `model` whose block Linears (or the named ones) run PyTorch's dynamic int8 kernels:
-    weights int8 per output channel, activations quantized per call, outputs float."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-    import warnings
-    modules = list(_block_linears(model)) if modules is None else modules
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        return quantize_dynamic(model.eval(), {n: per_channel_dynamic_qconfig for n in modules}, dtype=torch.qint8)
+    out = save_run(out_dir, run.config, run.tokenizer, state_dict=pack_state(sd, modules),
+                   chat_template=run.chat_template, overwrite=overwrite,
+                   marker=("int8", {"method": "int8-per-channel", "modules": modules, "source": str(run.path)}),
+                   metadata={"quantization": "int8-per-channel"})
+    return {"bytes_before": _source_bytes(run.path), "bytes_after": (out / "model.safetensors").stat().st_size,
+            "modules": len(modules)}
 
 
 # ---- pruning ----------------------------------------------------------------------------------------
 def magnitude_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
     """For each block weight matrix, a 0/1 mask that zeros its `sparsity` fraction of smallest |w|."""
     masks = {}
-    for name, lin in _block_linears(model).items():
+    for name, lin in block_linears(model).items():
         w = lin.weight.detach().abs().flatten()
         k = int(sparsity * w.numel())
         mask = torch.ones_like(w)
@@ -153,7 +106,7 @@ def prune_mlp_units(model: nn.Module, sparsity: float) -> int:
 
 
 def sparsity_of(model: nn.Module) -> float:
-    ws = [m.weight for m in _block_linears(model).values()]
+    ws = [m.weight for m in block_linears(model).values()]
     return sum((w == 0).sum().item() for w in ws) / sum(w.numel() for w in ws)
 
 
@@ -175,7 +128,6 @@ class _SentenceEmbeddings(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask):
-        from .search import mean_pool
         return mean_pool(self.model.encode(input_ids, attention_mask=attention_mask), attention_mask)
 
 
@@ -251,18 +203,15 @@ def check_onnx(lm, path: str | Path, shapes=((1, 5), (3, 11))) -> float:
     return worst
 
 
-def _run_data_dir(lm) -> Path | None:
+def _run_data_dir(run) -> Path | None:
     """The prepared data the run was trained on, if it is still there."""
-    from .data.shards import is_prepared
-    for d in (lm.path / "data", Path(lm.config.data.data)):
+    for d in (run.path / "data", Path(run.config.data.data)):
         if is_prepared(d):
             return d
     return None
 
 
 def val_loss(model, data_dir: Path, block_size: int, max_tokens: int = 20_000) -> float:
-    from .data.shards import open_split
-    from .evaluate.lm import score_tokens
     ids = open_split(data_dir, "val")[: max_tokens + 1].astype("int64").tolist()
     s = score_tokens(model, ids, block_size, batch_size=16)
     return s["nll"] / s["n"]
@@ -271,46 +220,43 @@ def val_loss(model, data_dir: Path, block_size: int, max_tokens: int = 20_000) -
 def prune_run(run_dir: str | Path, out_dir: str | Path, sparsity: float, structured: bool = False,
               finetune_iters: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
     """Prune a run and optionally fine-tune it briefly to recover; report val loss at each stage."""
-    from .api import load
-    from .train.checkpoint import save_weights
-    from .train.trainer import Trainer
     if not 0 < sparsity < 1:
         raise LmkitError(f"prune: --sparsity must be in (0, 1) (got {sparsity})")
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    lm = load(run_dir)
-    data_dir = _run_data_dir(lm)
+    out_dir = check_target(out_dir, overwrite, source=run_dir)
+    run = open_run(run_dir, accept=FLOAT, families=("gpt", "bert"), purpose="prune")
+    model = run.model
+    data_dir = _run_data_dir(run)
     if finetune_iters and data_dir is None:
         raise LmkitError(f"{run_dir}: its prepared data is gone, so there is nothing to fine-tune on")
-    block = lm.config.model.block_size
+    block = run.config.model.block_size
     report = {"sparsity": sparsity, "structured": structured}
     if data_dir is not None:
-        report["val_loss_before"] = val_loss(lm.model, data_dir, block)
-    params_before = sum(p.numel() for p in lm.model.parameters())
+        report["val_loss_before"] = val_loss(model, data_dir, block)
+    params_before = sum(p.numel() for p in model.parameters())
     masks = None
     if structured:
-        report["mlp_hidden"] = prune_mlp_units(lm.model, sparsity)
+        report["mlp_hidden"] = prune_mlp_units(model, sparsity)
     else:
-        masks = magnitude_masks(lm.model, sparsity)
-        apply_masks(lm.model, masks)
-    report["weight_sparsity"] = round(sparsity_of(lm.model), 4)
-    report["params_before"], report["params_after"] = params_before, sum(p.numel() for p in lm.model.parameters())
+        masks = magnitude_masks(model, sparsity)
+        apply_masks(model, masks)
+    report["weight_sparsity"] = round(sparsity_of(model), 4)
+    report["params_before"], report["params_after"] = params_before, sum(p.numel() for p in model.parameters())
     if data_dir is not None:
-        report["val_loss_pruned"] = val_loss(lm.model, data_dir, block)
-    cfg = lm.config
-    cfg.train.out_dir = str(out_dir)
+        report["val_loss_pruned"] = val_loss(model, data_dir, block)
+    cfg = run.config
+    marker = ("pruned", {"source": str(run.path), **report})
     if finetune_iters:
-        cfg.data.data = str(data_dir)
+        cfg.train.out_dir, cfg.data.data = str(out_dir), str(data_dir)
         t = cfg.train
         t.max_iters, t.warmup_iters, t.lr_decay_iters = finetune_iters, 0, finetune_iters
         t.learning_rate, t.min_lr = t.min_lr * 3, t.min_lr  # a gentle recovery, not a second pretraining
         t.eval_interval = max(1, finetune_iters)
-        trainer = Trainer(cfg, overwrite=overwrite, progress=progress, init_model=lm.model,
-                          after_step=(lambda m: apply_masks(m, masks)) if masks else None)
-        trainer.fit()
-        report["val_loss_recovered"] = val_loss(lm.model, data_dir, block)
-        report["weight_sparsity"] = round(sparsity_of(lm.model), 4)
+        Trainer(cfg, overwrite=overwrite, progress=progress, init_model=model,
+                after_step=(lambda m: apply_masks(m, masks)) if masks else None).fit()
+        report["val_loss_recovered"] = val_loss(model, data_dir, block)
+        report["weight_sparsity"] = round(sparsity_of(model), 4)
+        atomic_write_text(out_dir / MARKERS["pruned"], json.dumps({**marker[1], **report}, indent=2) + "\n")
     else:
-        _copy_run_files(lm, out_dir, overwrite)
-        save_json(cfg, out_dir / "config.json")
-        save_weights(lm.model, out_dir / "model.safetensors", step=0)
+        save_run(out_dir, cfg, run.tokenizer, model=model, chat_template=run.chat_template, marker=marker,
+                 overwrite=overwrite)
     return report

@@ -21,6 +21,7 @@ import typing
 from typing import Any, get_args, get_origin, Literal, Optional, Union
 
 from .errors import LmkitError
+from .io import atomic_write_text
 
 
 @dataclass
@@ -299,7 +300,6 @@ def validate(cfg: Config) -> Config:
 
 
 def save_json(cfg: Config, path: Path) -> None:
-    from .io import atomic_write_text
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
 

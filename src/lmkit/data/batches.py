@@ -88,3 +88,14 @@ def make_batches(tokens: np.memmap, cfg, seed: int, tokenizer, name: str = "trai
         return MLMBatches(tokens, cfg.model.block_size, t.batch_size, seed, tokenizer, t.mlm_probability, name,
                           rank, world_size)
     return CausalBatches(tokens, cfg.model.block_size, t.batch_size, seed, name, rank, world_size)
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence -> ids (B, T), attention_mask (B, T) with 1 on real tokens."""
+    T = max(len(s) for s in seqs)
+    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        idx[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return idx, mask

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -21,11 +22,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import LmkitError
-from ..io import atomic_dir
+from ..io import atomic_dir, check_target
 from ..tokenizer import Tokenizer
 from .sources import iter_documents
 
 MIN_DOCS_FOR_DOC_SPLIT = 10
+TRAINED_HERE = ("bpe", "wordpiece", "char")  # tokenizer specs that build_tokenizer trains on the corpus
 BATCH_CHARS = 1 << 19  # text handed to the tokenizer at once: enough for all cores, little memory
 
 
@@ -53,14 +55,24 @@ def _batches(pieces: Iterator[tuple[str, str]]) -> Iterator[list[tuple[str, str]
         yield batch
 
 
+def build_tokenizer(spec: str, data: str, text_field: str = "text", errors: str = "strict",
+                    vocab_size: int = 4096, progress: bool = True) -> Tokenizer:
+    """The tokenizer for a corpus: spec 'bpe', 'wordpiece' or 'char' trains one on `data` (saying so first
+    when `progress`, with the trainer's bar on a terminal); any other spec is a tokenizer.json / vocab.txt
+    path to load."""
+    if spec not in TRAINED_HERE:
+        return Tokenizer.load(spec)
+    if progress:
+        print(f"training a {spec} tokenizer on {data} …", flush=True)
+    return Tokenizer.train((t for _, t in iter_documents(data, text_field, errors)), kind=spec,
+                           vocab_size=vocab_size, show_progress=progress and sys.stderr.isatty())
+
+
 def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction: float = 0.1,
             text_field: str = "text", errors: str = "strict", overwrite: bool = False,
             progress: bool = True) -> dict:
     """Tokenize `source` into `out_dir`; returns the meta dict. Writes to a temp folder, then renames."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise LmkitError(f"{out_dir}: folder is not empty (use --overwrite to replace it)")
+    out_dir = check_target(out_dir, overwrite)
     if tokenizer.eot_id is None:
         raise LmkitError("tokenizer has no <|endoftext|> token to separate documents")
     dtype = dtype_for(tokenizer.vocab_size)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.sources import iter_documents
+from ..data.batches import mask_tokens
 from ..errors import LmkitError
 
 
@@ -118,7 +119,6 @@ def evaluate_mlm(lm, source: str, text_field: str = "text", errors: str = "stric
                  progress: bool = True) -> MLMScores:
     """Masked-token accuracy of an encoder: windows [CLS] … [SEP] of the text, 15% of the tokens chosen
     with a fixed seed and corrupted 80/10/10 as in training; each chosen token is predicted once."""
-    from ..data.batches import mask_tokens
     tok, model = lm.tokenizer, lm.model
     if tok.cls_id is None or tok.mask_id is None:
         raise LmkitError("evaluate: a masked-LM model needs a tokenizer with [CLS], [SEP] and [MASK]")

@@ -24,7 +24,11 @@ from collections import Counter
 
 from tqdm.auto import tqdm
 
+from ..api import load
+from ..chat import check_messages
 from ..errors import LmkitError
+from ..finetune.sft_data import read_rows, warn
+from ..runs import CAUSAL
 
 TASKS = ("qa", "summarization", "translation")
 MAX_NEW_TOKENS = {"qa": 32, "summarization": 64, "translation": 64}
@@ -37,7 +41,6 @@ def task_messages(task: str, row: dict, long_text: str | None = None) -> tuple[l
     """A data row -> (the conversation that asks for the answer, the reference answers).
     `long_text` replaces the row's long field (the context, document or source) when it had to be cut."""
     if "messages" in row:
-        from ..chat import check_messages
         msgs = check_messages(row["messages"])
         if msgs[-1][0] != "assistant":
             raise LmkitError("messages: the last turn must be the assistant's reference answer")
@@ -159,13 +162,11 @@ def evaluate_task(run: str, task: str, data: str, limit: int = 0, max_new_tokens
                   batch_size: int = 8, progress: bool = True, lm=None) -> dict:
     """Answer every row of `data` with the model (greedy) and score the answers; returns the metrics, the
     settings and every prediction with its references."""
-    from ..api import load
-    from ..finetune.sft_data import read_rows, warn
     if task not in TASKS:
         raise LmkitError(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
     if batch_size < 1:
         raise LmkitError(f"--batch-size must be >= 1 (got {batch_size})")
-    lm = lm or load(run)
+    lm = lm or load(run, families=CAUSAL, purpose=f"evaluate --task {task}")
     max_new = max_new_tokens or MAX_NEW_TOKENS[task]
     rows = read_rows(data)[:limit or None]
     prompts, bad, cut = [], [], 0

@@ -5,14 +5,13 @@ vector per text, and a small head maps it to class logits.
 
 Backbones: `bert` (bidirectional, [CLS] or mean pooling), `gpt` (causal: the last non-pad token is the
 only one that has seen the whole text), `lstm` (the same, last non-pad state), `bag-of-embeddings`
-(embedding → mean over the tokens, the classic IMDB baseline). Each starts from scratch with a WordPiece
-tokenizer trained on the training texts, or from `base`: an lmkit run directory or a Hugging Face BERT
-folder (config.json + model.safetensors / pytorch_model.bin + vocab.txt / tokenizer.json).
+(embedding → mean over the tokens, the classic IMDB baseline); the model itself is in
+models/classifier.py. Each starts from scratch with a WordPiece tokenizer trained on the training texts,
+or from `base`: an lmkit run directory or a Hugging Face BERT folder.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -20,57 +19,11 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from ..errors import LmkitError
 from ..models import build_model
+from ..models.classifier import BACKBONES, BagOfEmbeddings, Classifier
+from ..data.batches import pad_batch
+from ..runs import FLOAT, open_run
 from ..tokenizer import Tokenizer
-
-BACKBONES = ("bag-of-embeddings", "lstm", "gpt", "bert")
-POOLINGS = ("cls", "mean", "last")
-
-
-class BagOfEmbeddings(nn.Module):
-    """Token embeddings only; order is ignored once the classifier averages them."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-
-
-class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, kind: str, pooling: str, n_classes: int, dropout: float = 0.1):
-        super().__init__()
-        self.backbone, self.kind, self.pooling = backbone, kind, pooling
-        c = backbone.config.n_embd
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, c), nn.Tanh(), nn.Dropout(dropout),
-                                  nn.Linear(c, n_classes))
-
-    def features(self, idx: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """idx, attention_mask (B, T), right-padded -> one vector per text (B, C)."""
-        b = self.backbone
-        if self.kind == "bert":
-            h = b.encode(idx, attention_mask)
-        elif self.kind == "bag-of-embeddings":
-            h = b.wte(idx)
-        else:  # gpt, lstm: causal, so padding on the right never reaches the real tokens
-            h = b.encode(idx)
-        if self.pooling == "cls":
-            return h[:, 0]
-        if self.pooling == "last":
-            last = attention_mask.sum(dim=1) - 1  # (B,) index of the last real token
-            return h[torch.arange(h.size(0), device=h.device), last]
-        m = attention_mask.unsqueeze(-1).to(h.dtype)  # mean over the real tokens: Σ_t m_t h_t / Σ_t m_t
-        return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-
-    def forward(self, idx, attention_mask, labels=None):
-        logits = self.head(self.features(idx, attention_mask))  # (B, n_classes)
-        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
-        return logits, loss
-
-
-def default_pooling(kind: str) -> str:
-    return {"bert": "mean", "bag-of-embeddings": "mean"}.get(kind, "last")
-
 
 # ---- building the backbone ----------------------------------------------------------------------
 def fresh_backbone(kind: str, tokenizer: Tokenizer, max_len: int, n_layer: int, n_embd: int, n_head: int,
@@ -83,26 +36,11 @@ def fresh_backbone(kind: str, tokenizer: Tokenizer, max_len: int, n_layer: int, 
     return build_model(cfg)
 
 
-def load_base(base: str | Path) -> tuple[nn.Module, str, Tokenizer]:
-    """An lmkit run directory or a Hugging Face BERT folder -> (backbone with its weights, kind, tokenizer)."""
-    base = Path(base)
-    cfg_path = base / "config.json"
-    if not base.is_dir() or not cfg_path.is_file():
-        raise LmkitError(f"{base}: not a model directory (no config.json)")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise LmkitError(f"{cfg_path}: not valid JSON ({e})")
-    if "model" in raw and "train" in raw:  # an lmkit run
-        from ..api import load
-        lm = load(base)
-        return lm.model.train(), lm.config.model.type, lm.tokenizer
-    if raw.get("model_type") == "bert":  # the one Hugging Face reader, hf.py
-        from ..hf import load_hf
-        lm = load_hf(base)
-        return lm.model.train(), "bert", lm.tokenizer
-    raise LmkitError(f"{base}: config.json is neither an lmkit run nor a Hugging Face BERT model "
-                     f"(model_type {raw.get('model_type')!r})")
+def open_base(base: str | Path) -> tuple[nn.Module, str, Tokenizer]:
+    """--base: a model directory with float weights (an lmkit run, a Hugging Face BERT folder, a pruned or
+    merged run) -> (backbone with its weights, in training mode; family; tokenizer)."""
+    run = open_run(base, accept=FLOAT, families=BACKBONES, purpose="finetune classify --base")
+    return run.model.train(), run.family, run.tokenizer
 
 
 # ---- turning texts into padded batches ---------------------------------------------------------------
@@ -121,17 +59,6 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str], kind: str, max_len: int
         ids = head + ids + tail
         out.append(ids or [tokenizer.pad_id or 0])  # a text of unknown characters only: one placeholder
     return out, truncated
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence -> ids (B, T), attention_mask (B, T) with 1 on real tokens."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        idx[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    return idx, mask
 
 
 # ---- a trained classifier -----------------------------------------------------------------------------
@@ -161,32 +88,11 @@ class TextClassifier:
         return out[0] if single else out
 
 
-def save_classifier(model: Classifier, tokenizer: Tokenizer, meta: dict, out_dir: Path) -> None:
-    from safetensors.torch import save_model
-    from ..io import atomic_path, atomic_write_text
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "model.safetensors") as tmp:
-        save_model(model, str(tmp))
-    tokenizer.save(out_dir / "tokenizer.json")
-    atomic_write_text(out_dir / "classifier.json", json.dumps(meta, indent=2) + "\n")
-
-
 def load_classifier(path: str | Path) -> TextClassifier:
-    """Load a directory written by `lmkit finetune classify`."""
-    from safetensors.torch import load_model
-    path = Path(path)
-    if not (path / "classifier.json").is_file():
-        raise LmkitError(f"{path}: not a classifier run directory (no classifier.json; made by lmkit finetune classify)")
-    meta = json.loads((path / "classifier.json").read_text(encoding="utf-8"))
-    cfg = ModelConfig(**meta["model"])
-    kind = meta["backbone"]
-    backbone = BagOfEmbeddings(cfg) if kind == "bag-of-embeddings" else build_model(cfg)
-    model = Classifier(backbone, kind, meta["pooling"], len(meta["labels"]))
-    try:
-        load_model(model, str(path / "model.safetensors"))
-    except Exception as e:
-        raise LmkitError(f"{path / 'model.safetensors'}: cannot load ({str(e).splitlines()[0][:160]})")
-    return TextClassifier(model, Tokenizer.load(path / "tokenizer.json"), meta, path)
+    """Load a directory written by `lmkit finetune classify` (or imported from a Hugging Face
+    BertForSequenceClassification)."""
+    run = open_run(path, accept=("classifier",), purpose="predict")
+    return TextClassifier(run.model, run.tokenizer, run.meta, run.path)
 
 
 def warn(msg: str) -> None:

@@ -9,6 +9,7 @@ classifier.json (labels, pooling, fields) that `lmkit predict` reads.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,10 @@ from ..errors import LmkitError
 from ..io import atomic_write_text
 from ..tokenizer import Tokenizer
 from ..train.trainer import Task, Trainer
-from .classify import (BACKBONES, POOLINGS, BagOfEmbeddings, Classifier, default_pooling, encode_texts,
-                       fresh_backbone, load_base, model_meta, pad_batch, warn)
+from ..models.classifier import BACKBONES, POOLINGS, BagOfEmbeddings, Classifier, default_pooling
+from ..runs import check_target
+from ..data.batches import pad_batch
+from .classify import encode_texts, fresh_backbone, model_meta, open_base, warn
 from .metrics import classification_report, format_confusion
 from .tabular import read_labeled
 
@@ -157,7 +160,6 @@ class ClassifyTask(Task):
                 "confusion": r["confusion"]}
 
     def save(self, trainer: Trainer, out_dir: Path) -> None:
-        import json
         atomic_write_text(out_dir / "classifier.json", json.dumps(self.meta, indent=2) + "\n")
 
 
@@ -185,8 +187,7 @@ def finetune_classify(c: ClassifyConfig) -> dict:
     """Train, evaluate and save a classifier; returns the best evaluation (accuracy, macro_f1, confusion …)."""
     c.validate()
     out = Path(c.out)
-    if (out / "classifier.json").exists() and not c.overwrite:
-        raise LmkitError(f"{out}: already holds a classifier (use --overwrite to replace it)")
+    check_target(out, c.overwrite, source=c.base)
     torch.manual_seed(c.seed)
     train = read_labeled(c.train, c.text_field, c.label_field)
     evalset = read_labeled(c.eval, c.text_field, c.label_field)
@@ -196,7 +197,7 @@ def finetune_classify(c: ClassifyConfig) -> dict:
         train.texts, train.labels = [train.texts[i] for i in keep], [train.labels[i] for i in keep]
 
     if c.base is not None:
-        backbone, kind, tokenizer = load_base(c.base)
+        backbone, kind, tokenizer = open_base(c.base)
         lr = c.learning_rate or 5e-5
     else:
         kind = c.model

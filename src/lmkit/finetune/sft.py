@@ -6,7 +6,7 @@ through lmkit's one training loop (train/trainer.py) with an `SFTTask`.
        embedding of the tokens of its name ("<|user|>" from "user"), so that the roles start apart;
     2. read and encode the data (sft_data.py): loss on reply tokens only, packed rows with attention kept
        inside each conversation, a held-out share for the validation loss;
-    3. full fine-tuning trains every weight; with lora_rank > 0 only the adapters train (lora.py);
+    3. full fine-tuning trains every weight; with lora_rank > 0 only the adapters train (models/lora.py);
     4. the Trainer keeps the checkpoint with the best validation loss. The run directory loads with
        `lmkit.load` / `lmkit chat` / `lmkit serve`; a LoRA run also holds its adapters on their own, and
        `merge` (or --merge) writes a plain run with the adapters folded in.
@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..chat import TOKENS, TEMPLATE_FILE, add_role_tokens
-from ..config import Config, apply, parse_overrides, save_json, validate
+from ..chat import TOKENS, add_role_tokens
+from ..config import Config, apply, parse_overrides, validate
 from ..errors import LmkitError
+from ..models import lora
+from ..runs import FLOAT, check_target, open_run, save_run
+from ..runs.native import save_adapters
 from ..train.trainer import Task, Trainer, TrainResult, autocast_ctx
-from . import lora
 from .sft_data import PackedBatches, load_examples, split_examples
 
 # fine-tuning settings used unless --set says otherwise (the rest comes from the base run's config)
@@ -105,7 +106,7 @@ class SFTTask(Task):
     def save(self, trainer, out_dir: Path) -> None:
         self.template.save(out_dir)
         if self.adapters is not None:
-            lora.save_adapters(trainer.model, out_dir, self.adapters)
+            save_adapters(trainer.model, out_dir, self.adapters)
 
 
 def training_config(base_cfg: Config, c: SFTConfig) -> Config:
@@ -123,15 +124,9 @@ def training_config(base_cfg: Config, c: SFTConfig) -> Config:
 
 def finetune_sft(c: SFTConfig) -> TrainResult:
     """Fine-tune `c.base` on `c.data` into `c.out`; returns the Trainer's result."""
-    from ..api import load
     if c.lora_rank < 0:
         raise LmkitError(f"--lora-rank must be >= 0 (got {c.lora_rank})")
-    from ..compress import QUANT_FILE
-    if (Path(c.base) / QUANT_FILE).is_file():
-        raise LmkitError(f"{c.base}: an int8-quantized run cannot be fine-tuned; start from the float run")
-    lm = load(c.base)
-    if lm.config.model.type != "gpt":
-        raise LmkitError(f"{c.base}: SFT fine-tunes GPT models (this is a '{lm.config.model.type}' model)")
+    lm = open_run(c.base, accept=FLOAT, families=("gpt",), purpose="finetune sft --base")
     model, tokenizer = lm.model.train(), lm.tokenizer
     cfg = training_config(lm.config, c)
     if not lm.chat_template.special:  # first chat fine-tune: add the role tokens
@@ -168,20 +163,7 @@ def finetune_sft(c: SFTConfig) -> TrainResult:
 def merge_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write a LoRA run as a plain run: weights with the adapters folded in (W + (α/r) B A), its config,
     tokenizer and chat template; it loads, generates and exports (`lmkit export-hf`) like any run."""
-    from ..api import load
-    from ..train.checkpoint import holds_run, save_weights
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not (run_dir / lora.ADAPTER_CONFIG).is_file():
-        raise LmkitError(f"{run_dir}: not a LoRA run (no {lora.ADAPTER_CONFIG}); nothing to merge")
-    if holds_run(out_dir) and not overwrite:
-        raise LmkitError(f"{out_dir}: already holds a run (use --overwrite to replace it)")
-    lm = load(run_dir)  # loads base + adapters and merges them
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = copy.deepcopy(lm.config)
-    cfg.train.out_dir = str(out_dir)
-    save_weights(lm.model, out_dir / "model.safetensors", 0)
-    save_json(cfg, out_dir / "config.json")
-    lm.tokenizer.save(out_dir / "tokenizer.json")
-    if (run_dir / TEMPLATE_FILE).is_file():
-        shutil.copyfile(run_dir / TEMPLATE_FILE, out_dir / TEMPLATE_FILE)
-    return out_dir
+    check_target(out_dir, overwrite, source=run_dir)
+    run = open_run(run_dir, accept=("lora",), purpose="finetune merge")  # base + adapters, merged on read
+    return save_run(out_dir, run.config, run.tokenizer, model=run.model, chat_template=run.chat_template,
+                    marker=("merged", {"source": str(run.path), "adapters": run.meta}), overwrite=overwrite)

@@ -3,7 +3,7 @@
     loss = −(1/|M|) Σ_{i∈M} log P(x_i | x_{\\M})      over the selected positions M only (labels −100 elsewhere)
 
 Architecture as in the paper and in Hugging Face's BertModel, so pretrained weights load unchanged
-(through `hf_bert_to_lmkit`): token + learned position + segment embeddings → LayerNorm; then
+(through the name table in models/bert_hf.py): token + learned position + segment embeddings → LayerNorm; then
 post-LN blocks x = LN(x + Attn(x)); x = LN(x + MLP(x)), where every position attends to every
 non-padding position (no causal mask). `pos = "rope"` replaces the position table with rotary
 positions on q and k, as in the GPT. `norm_position = "pre"` gives pre-LN blocks instead,
@@ -11,8 +11,6 @@ x = x + Attn(LN(x)); x = x + MLP(LN(x)) and a final LN, which train faster from 
 output matrix tied to the token embedding. Attention runs through `attention.attend`, as in GPT.
 """
 from __future__ import annotations
-
-import re
 
 import torch
 import torch.nn as nn
@@ -128,62 +126,4 @@ class BERT(nn.Module):
         return logits, F.cross_entropy(logits.float(), targets)
 
 
-# ---- Hugging Face BertModel / BertForMaskedLM weight names ------------------------------------------
-# the one mapping between the two namings; `{i}` is the layer. q, k and v are fused into attn.qkv.
-HF_BERT_NAMES = {
-    "embeddings.word_embeddings.weight": "wte.weight",
-    "embeddings.position_embeddings.weight": "wpe.weight",
-    "embeddings.token_type_embeddings.weight": "wtt.weight",
-    "embeddings.LayerNorm.{p}": "ln_emb.{p}",
-    "encoder.layer.{i}.attention.output.dense.{p}": "h.{i}.attn.proj.{p}",
-    "encoder.layer.{i}.attention.output.LayerNorm.{p}": "h.{i}.ln_1.{p}",
-    "encoder.layer.{i}.intermediate.dense.{p}": "h.{i}.mlp.fc.{p}",
-    "encoder.layer.{i}.output.dense.{p}": "h.{i}.mlp.proj.{p}",
-    "encoder.layer.{i}.output.LayerNorm.{p}": "h.{i}.ln_2.{p}",
-    "cls.predictions.transform.dense.{p}": "mlm_dense.{p}",
-    "cls.predictions.transform.LayerNorm.{p}": "mlm_ln.{p}",
-    "cls.predictions.bias": "mlm_bias",
-}
-HF_IGNORED = re.compile(r"(pooler\.|embeddings\.position_ids|cls\.predictions\.decoder\.|cls\.seq_relationship)")
-_QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
-
-
-def _pattern(hf_name: str) -> re.Pattern:
-    return re.compile("^" + re.escape(hf_name).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)") + "$")
-
-
-_PATTERNS = [(_pattern(k), v) for k, v in HF_BERT_NAMES.items()]
-
-
-def hf_bert_to_lmkit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a Hugging Face BERT state dict (with or without a `bert.` prefix) to lmkit's BERT names.
-    Unknown names raise KeyError; the pooler and next-sentence head are dropped (lmkit does not use them)."""
-    out, qkv = {}, {}
-    for name, tensor in state.items():
-        name = name.removeprefix("bert.")
-        if HF_IGNORED.match(name):
-            continue
-        if m := _QKV.match(name):
-            qkv.setdefault((int(m[1]), m[3]), {})[m[2]] = tensor
-            continue
-        for pattern, target in _PATTERNS:
-            if m := pattern.match(name):
-                out[target.format(**m.groupdict())] = tensor
-                break
-        else:
-            raise KeyError(name)
-    for (i, p), parts in qkv.items():
-        out[f"h.{i}.attn.qkv.{p}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
-    return out
-
-
-def config_from_hf(hf: dict) -> ModelConfig:
-    """A ModelConfig from a Hugging Face BERT config.json."""
-    return ModelConfig(type="bert", vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
-                       n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
-                       mlp_hidden=hf["intermediate_size"], norm_eps=hf.get("layer_norm_eps", 1e-12),
-                       type_vocab_size=hf.get("type_vocab_size", 2), mlp="gelu", bias=True, pos="learned",
-                       dropout=hf.get("hidden_dropout_prob", 0.1))
-
-
-__all__ = ["BERT", "hf_bert_to_lmkit", "config_from_hf", "HF_BERT_NAMES"]
+__all__ = ["BERT"]

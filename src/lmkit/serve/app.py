@@ -28,7 +28,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import LmkitError
-from ..generate import SamplingConfig
 from .responses import ChoiceBuilder, chunk, completion_body
 from .scheduler import Scheduler
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields
@@ -194,11 +193,7 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
                                     f"with room for at least one new token", param="prompt",
                                code="context_length_exceeded")
             room = block - len(ids)  # max_tokens is capped by the context
-            cfg = SamplingConfig(max_new_tokens=room if max_tokens is None else min(max_tokens, room),
-                                 temperature=req.temperature, top_k=req.top_k or None, top_p=req.top_p,
-                                 min_p=req.min_p, repetition_penalty=req.repetition_penalty or 1.0,
-                                 frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty,
-                                 seed=req.seed, stop=stops, logprobs=logprobs)
+            cfg = req.sampling(room if max_tokens is None else min(max_tokens, room), stops, logprobs)
             try:
                 cfg.validate()
             except LmkitError as e:

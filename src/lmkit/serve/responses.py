@@ -7,7 +7,7 @@ only (`text`, or `delta.content`), then `data: [DONE]`.
 """
 from __future__ import annotations
 
-from ..generate import Piece
+from ..textstream import Piece
 
 
 class ChoiceBuilder:

@@ -4,7 +4,7 @@ Each loop iteration
   1. admits waiting requests while the batch has room (`max_batch` rows; a request with n choices is
      n rows): their prompts run through the model together (prefill) and give their first tokens;
   2. advances the running batch by one token;
-  3. merges the newcomers into the running batch (`Decoder.merge`), so from the next step they are
+  3. merges the newcomers into the running batch (`DecodeSession.merge`), so from the next step they are
      decoded together with everything else (continuous batching);
   4. drops rows whose request finished or was cancelled (a client that disconnected) — the slot is
      free for the next iteration.
@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..generate import Decoder, Piece, RowText, SamplingConfig
+from ..engine import DecodeSession
+from ..sampling_config import SamplingConfig
+from ..textstream import Piece, RowText
 
 
 @dataclass
@@ -46,7 +48,7 @@ class Scheduler:
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.waiting: list[Job] = []
         self.live: list[tuple[Job, int, RowText]] = []  # one entry per batch row
-        self.decoder: Decoder | None = None
+        self.session: DecodeSession | None = None
         self._admitted: list[Job] = []  # admitted this iteration, not yet in `live`
         self.steps, self.peak_rows = 0, 0  # decoding steps run, the most rows decoded together
         self._stop = threading.Event()
@@ -77,11 +79,11 @@ class Scheduler:
             except Exception as e:  # a bug must not kill the server: fail the requests in flight, go on
                 for job in {id(j): j for j in [j for j, _, _ in self.live] + self._admitted}.values():
                     job.emit(e)
-                self.live, self.decoder, self._admitted = [], None, []
+                self.live, self.session, self._admitted = [], None, []
 
     def _admit(self) -> list[Job]:
         try:
-            if self.decoder is None and not self.waiting:
+            if self.session is None and not self.waiting:
                 self.waiting.append(self.inbox.get(timeout=0.1))  # idle: wait for work
             while True:
                 self.waiting.append(self.inbox.get_nowait())
@@ -107,15 +109,15 @@ class Scheduler:
             cfgs = [cfg for job in new_jobs for _, cfg in job.rows]
             new_live = [(job, i, RowText(self.tokenizer, cfg, eos)) for job in new_jobs
                         for i, (_, cfg) in enumerate(job.rows)]
-            newcomers = Decoder(self.model, prompts, cfgs, pad_id=eos or 0)
+            newcomers = DecodeSession(self.model, prompts, cfgs, pad_id=eos or 0)
             self._dispatch(newcomers.step(), new_live)
-        if self.decoder is not None:
-            self._dispatch(self.decoder.step(), self.live)
+        if self.session is not None:
+            self._dispatch(self.session.step(), self.live)
         if newcomers is not None:
-            if self.decoder is None:
-                self.decoder, self.live = newcomers, new_live
+            if self.session is None:
+                self.session, self.live = newcomers, new_live
             else:
-                self.decoder.merge(newcomers, pad_id=eos or 0)
+                self.session.merge(newcomers, pad_id=eos or 0)
                 self.live = self.live + new_live
         self.steps += 1
         self.peak_rows = max(self.peak_rows, len(self.live))
@@ -123,9 +125,9 @@ class Scheduler:
         if len(keep) < len(self.live):
             self.live = [self.live[b] for b in keep]
             if keep:
-                self.decoder.keep(keep)
+                self.session.keep(keep)
             else:
-                self.decoder = None
+                self.session = None
 
     def _dispatch(self, step, live: list[tuple[Job, int, RowText]]) -> None:
         for b, (job, choice, text) in enumerate(live):

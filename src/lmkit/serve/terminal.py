@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from ..sampling_config import SAMPLING_DEFAULTS, sampling_config
+
 
 def fit_turns(lm, messages: list[tuple[str, str]], min_reply: int) -> tuple[str, tuple[str, ...], int]:
     """Drop the oldest turns until the prompt leaves `min_reply` tokens of context for the reply."""
@@ -19,8 +21,11 @@ def fit_turns(lm, messages: list[tuple[str, str]], min_reply: int) -> tuple[str,
         messages.pop(0)
 
 
-def chat(lm, max_new_tokens: int = 256, temperature: float = 0.8, top_k: int | None = 50,
-         top_p: float | None = None, seed: int | None = None, input=input, out=sys.stdout) -> None:
+def chat(lm, input=input, out=sys.stdout, **sampling) -> None:
+    """Converse until /quit or end of input; `sampling` options as for lm.generate (SamplingConfig's
+    defaults), the reply capped by the room left in the context."""
+    max_new_tokens = sampling.pop("max_new_tokens", SAMPLING_DEFAULTS["max_new_tokens"])
+    sampling_config(max_new_tokens=max_new_tokens, **sampling)  # a bad option fails before the first message
     messages: list[tuple[str, str]] = []
     block = lm.model.config.block_size
     out.write(f"chatting with {lm.path.name if lm.path else 'the model'} (context {block} tokens); "
@@ -48,8 +53,8 @@ def chat(lm, max_new_tokens: int = 256, temperature: float = 0.8, top_k: int | N
             continue
         out.write("model> ")
         reply = ""
-        for piece in lm.stream(text, max_new_tokens=min(max_new_tokens, room), temperature=temperature,
-                               top_k=top_k, top_p=top_p, seed=seed, stop=stops, truncate=True):
+        for piece in lm.stream(text, **{**sampling, "max_new_tokens": min(max_new_tokens, room), "truncate": True,
+                                        "stop": tuple(sampling.get("stop", ())) + stops}):
             reply += piece
             out.write(piece)
             out.flush()

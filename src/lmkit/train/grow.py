@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config, ModelConfig, load_json, save_json
+from ..config import Config
 from ..errors import LmkitError
 from ..models import build_model
-from ..tokenizer import Tokenizer
-from .checkpoint import holds_run, is_run, load_weights, save_weights
+from ..runs import check_target, open_run, save_run
+from ..runs.train_dir import INIT_KINDS
 
 
 def layer_sources(n_old: int, n_new: int) -> list[int]:
@@ -55,38 +55,13 @@ def grow_model(model: torch.nn.Module, n_layer: int) -> torch.nn.Module:
 
 
 def grow_run(run_dir: str | Path, n_layer: int, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write a deeper copy of the run in `run_dir` to `out_dir` (config.json, tokenizer.json, weights at step 0)."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not is_run(run_dir):
-        raise LmkitError(f"{run_dir}: not a run directory (no config.json and model.safetensors)")
-    if holds_run(out_dir) and not overwrite:
-        raise LmkitError(f"{out_dir}: already holds a run (use --overwrite to replace it)")
-    cfg = load_json(run_dir / "config.json")
-    model = build_model(cfg.model)
-    load_weights(model, run_dir / "model.safetensors")
-    deep = grow_model(model, n_layer)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    new_cfg = Config(model=deep.config, data=cfg.data, train=cfg.train)
-    new_cfg.train.out_dir, new_cfg.train.init_from = str(out_dir), ""
-    save_weights(deep, out_dir / "model.safetensors", 0)
-    Tokenizer.load(run_dir / "tokenizer.json").save(out_dir / "tokenizer.json")
-    save_json(new_cfg, out_dir / "config.json")
-    return out_dir
-
-
-def load_init(path: str | Path, cfg: ModelConfig, tokenizer: Tokenizer) -> torch.nn.Module:
-    """The model of `cfg` with the weights of run directory `path` (train.init_from)."""
-    path = Path(path)
-    if not is_run(path):
-        raise LmkitError(f"init_from: {path} is not a run directory (no config.json and model.safetensors)")
-    theirs = Tokenizer.load(path / "tokenizer.json")
-    if theirs.hf.get_vocab() != tokenizer.hf.get_vocab():
-        raise LmkitError(f"init_from: {path / 'tokenizer.json'} is not the tokenizer of this run's data")
-    saved = load_json(path / "config.json").model
-    if saved != cfg:
-        diff = [f"{k} = {getattr(saved, k)!r} there, {getattr(cfg, k)!r} here" for k in vars(cfg)
-                if getattr(saved, k) != getattr(cfg, k)]
-        raise LmkitError(f"init_from: {path} has other model settings ({'; '.join(diff[:3])})")
-    model = build_model(cfg)
-    load_weights(model, path / "model.safetensors")
-    return model
+    """Write a deeper copy of the GPT run in `run_dir` to `out_dir` (config.json, tokenizer.json, weights at
+    step 0). An int8 or LoRA run, another family, or a non-empty `out_dir` without `overwrite` is refused in
+    one line."""
+    if not overwrite:
+        check_target(out_dir)  # refuse before the work (with overwrite, save_run clears it)
+    run = open_run(run_dir, accept=INIT_KINDS, families=("gpt",), purpose="grow")
+    deep = grow_model(run.model, n_layer)
+    cfg = Config(model=deep.config, data=run.config.data, train=run.config.train)
+    cfg.train.init_from = ""
+    return save_run(out_dir, cfg, run.tokenizer, model=deep, chat_template=run.chat_template, overwrite=overwrite)

@@ -9,15 +9,11 @@ B = 0 at the start, so the adapted model starts exactly equal to its base. Only 
 W' = W + (α / r) B A, after which the model is a plain one again (same outputs, no extra cost).
 
 `LoRALinear` subclasses nn.Linear, so the base weights keep their names (`h.0.attn.qkv.weight`) and the
-adapters add `….lora_A` / `….lora_B`. A LoRA run directory holds model.safetensors (base + adapters,
-for --resume), adapter.safetensors (the adapters alone) and adapter_config.json (rank, alpha, targets);
-`lmkit.load` merges them.
+adapters add `….lora_A` / `….lora_B`. How a LoRA run is stored on disk: `lmkit.runs.native`.
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -25,8 +21,6 @@ import torch.nn.functional as F
 
 from ..errors import LmkitError
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter.safetensors"
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")  # every Linear of the GPT blocks
 
 
@@ -105,33 +99,6 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if ".lora_" in n}
-
-
-def save_adapters(model: nn.Module, out_dir: Path, settings: dict) -> None:
-    """adapter.safetensors (the adapters alone) and adapter_config.json (rank, alpha, targets, base)."""
-    from safetensors.torch import save_file
-
-    from ..io import atomic_path, atomic_write_text
-    with atomic_path(out_dir / ADAPTER_WEIGHTS) as tmp:
-        save_file(adapter_state(model), str(tmp), metadata={"format": "pt"})
-    atomic_write_text(out_dir / ADAPTER_CONFIG, json.dumps(settings, indent=2) + "\n")
-
-
-def read_adapter_config(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise LmkitError(f"{run_dir / ADAPTER_CONFIG}: cannot read ({e})")
-
-
-def load_adapted(model: nn.Module, run_dir: Path) -> nn.Module:
-    """Load a LoRA run: its base weights with the adapters in place (model.safetensors holds both),
-    then merged into plain Linear layers for inference."""
-    from ..train.checkpoint import load_weights
-    s = read_adapter_config(run_dir)
-    add_lora(model, s["targets"], s["rank"], s["alpha"])
-    load_weights(model, run_dir / "model.safetensors")
-    return merge_lora(model)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

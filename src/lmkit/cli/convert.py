@@ -1,0 +1,90 @@
+"""Commands that write a model in another form: import-hf, export-hf, quantize, prune, export-onnx."""
+# Handlers import the library when they run, so that `lmkit --help` and flag errors never load torch.
+from __future__ import annotations
+
+from . import flags
+
+
+def register(g: flags.Group) -> None:
+    p = g.command("import-hf", run_import_hf,
+                  "convert a Hugging Face GPT-2 / Llama-style checkpoint into a run directory",
+                  "Read config.json, weights (safetensors, or pytorch_model.bin as weights only) and tokenizer "
+                  "files from HF_DIR (or hf:<hub id>) and write an lmkit run directory.")
+    p.add_argument("hf_dir", help="Hugging Face model folder, or hf:<hub id> (downloads)")
+    p.add_argument("out_dir", help="run directory to write")
+    flags.overwrite(p, "replace a run already in out_dir")
+
+    p = g.command("export-hf", run_export_hf, "write a run as a Hugging Face model folder (GPT-2 or Llama-style)",
+                  "Write config.json, model.safetensors, tokenizer.json and tokenizer_config.json that "
+                  "transformers' AutoModelForCausalLM / AutoTokenizer load.")
+    p.add_argument("run_dir", help=flags.TRAINED_RUN)
+    p.add_argument("out_dir", help="folder to write")
+    p.add_argument("--format", choices=["auto", "gpt2", "llama", "bert"], default="auto",
+                   help="auto picks the format that holds the model's options (default)")
+    flags.overwrite(p, "write into a non-empty folder")
+
+    p = g.command("quantize", run_quantize, "int8 weights for CPU inference (4x smaller)",
+                  "Store every Linear weight of the Transformer blocks as int8 with a per-channel scale; "
+                  "lmkit.load runs them with PyTorch's dynamic int8 kernels. Works on a GPT or BERT run and on "
+                  "a Hugging Face BERT folder (usable by lmkit embed).")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="output run directory")
+    flags.overwrite(p)
+
+    p = g.command("prune", run_prune,
+                  "magnitude pruning (unstructured, or --structured MLP units), optional recovery",
+                  "Zero the smallest-magnitude weights of each block matrix (or drop whole MLP hidden units "
+                  "with --structured), then optionally fine-tune briefly to recover.")
+    p.add_argument("run_dir")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction to remove (default 0.5)")
+    p.add_argument("--structured", action="store_true", help="drop whole MLP hidden units (smaller, faster matrices)")
+    p.add_argument("--finetune-iters", type=int, default=0, help="recovery fine-tuning steps on the run's data (default 0)")
+    p.add_argument("--out", required=True, help="output run directory")
+    flags.overwrite(p)
+
+    p = g.command("export-onnx", run_export_onnx,
+                  "export to ONNX (dynamic batch and sequence) and verify with onnxruntime",
+                  "Write input_ids -> logits (a GPT) or input_ids, attention_mask -> sentence embeddings (a BERT "
+                  "encoder, e.g. the all-MiniLM-L6-v2 folder) as ONNX with dynamic batch and sequence axes and "
+                  "check it against lmkit with onnxruntime.")
+    p.add_argument("run_dir")
+    p.add_argument("out", help="output .onnx file")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
+
+def run_import_hf(a) -> None:
+    from ..hf import import_hf
+    out = import_hf(a.hf_dir, a.out_dir, overwrite=a.overwrite)
+    print(f"imported {a.hf_dir} into {out}; try: lmkit generate {out} --prompt 'Hello'")
+
+
+def run_export_hf(a) -> None:
+    from ..hf import export_hf
+    out = export_hf(a.run_dir, a.out_dir, a.format, overwrite=a.overwrite)
+    print(f"exported {a.run_dir} to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
+def run_quantize(a) -> None:
+    from ..compress import quantize_int8
+    r = quantize_int8(a.run_dir, a.out, overwrite=a.overwrite)
+    print(f"{a.out}: {r['modules']} Linear layers in int8; model.safetensors {r['bytes_before'] / 1e6:.2f} MB -> "
+          f"{r['bytes_after'] / 1e6:.2f} MB")
+
+
+def run_prune(a) -> None:
+    from ..compress import prune_run
+    r = prune_run(a.run_dir, a.out, a.sparsity, a.structured, a.finetune_iters, overwrite=a.overwrite)
+    for k, v in r.items():
+        print(f"{k:<20} {v:.4f}" if isinstance(v, float) else f"{k:<20} {v}")
+    print(f"wrote {a.out}")
+
+
+def run_export_onnx(a) -> None:
+    from ..api import load
+    from ..compress import export_onnx
+    from ..runs import FLOAT
+    r = export_onnx(load(a.run_dir, accept=FLOAT, purpose="export-onnx"), a.out, check=not a.no_check)
+    msg = f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB)"
+    if "max_abs_diff" in r:
+        msg += f"; onnxruntime vs lmkit: max |Δ {r['output']}| = {r['max_abs_diff']:.2e}"
+    print(msg)

@@ -1,0 +1,90 @@
+"""Commands that measure and show a model: evaluate, explain."""
+# Handlers import the library when they run, so that `lmkit --help` and flag errors never load torch.
+from __future__ import annotations
+
+import json
+
+from ..errors import LmkitError
+from . import flags
+
+MODEL_DIR = "run directory or Hugging Face model folder"
+
+
+def register(g: flags.Group) -> None:
+    p = g.command("evaluate", run_evaluate, "loss, perplexity, bits per byte and next-token accuracy on a text",
+                  "Score a model on held-out text: every token predicted once from the tokens before it "
+                  "(windows of block_size).")
+    p.add_argument("run_dir", help=MODEL_DIR)
+    p.add_argument("--data", required=True, help="file, folder, glob, .jsonl or built-in corpus to score")
+    flags.text_field(p)
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after about this many tokens")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--json", dest="json_out", default=None, metavar="OUT.json", help="also write the scores as JSON")
+    flags.errors(p)
+    p.add_argument("--task", choices=["qa", "summarization", "translation"], default=None,
+                   help="score generated answers instead of perplexity: qa (exact match, token F1), summarization "
+                        "(ROUGE-1/2/L), translation (BLEU, chrF); --data is then a .json/.jsonl of rows")
+    p.add_argument("--limit", type=int, default=0, help="--task: score only the first N rows (default all)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="--task: longest answer (default per task)")
+
+    p = g.command("explain", run_explain, "an HTML page of surprisal, next-token choices and attention maps",
+                  "lmkit explain RUN \"text\" --out page.html   or   lmkit explain --embeddings RUN")
+    p.add_argument("run_dir", help=MODEL_DIR)
+    p.add_argument("text", nargs="?", default=None, help="the text to look at")
+    p.add_argument("--out", default=None, help="output page (default explain.html; embeddings.png with --embeddings)")
+    p.add_argument("--top-k", type=int, default=10, help="next-token candidates shown per position (default 10)")
+    p.add_argument("--embeddings", action="store_true", help="plot the token embeddings (PCA) instead")
+
+
+def run_evaluate(a) -> None:
+    if a.task:
+        return _evaluate_task(a)
+    from ..api import load
+    from ..evaluate.lm import evaluate_lm, evaluate_mlm
+    lm = load(a.run_dir, purpose="evaluate")
+    if lm.config.model.type == "bert":
+        s = evaluate_mlm(lm, a.data, a.text_field, a.errors, batch_size=a.batch_size, max_tokens=a.max_tokens)
+        rows = [("masked tokens", f"{s.masked_tokens:,}"), ("loss (nats/masked token)", f"{s.loss:.4f}"),
+                ("pseudo-perplexity", f"{s.perplexity:.3f}"),
+                ("masked top-1 accuracy", f"{100 * s.masked_top1_accuracy:.2f}%"),
+                ("masked top-5 accuracy", f"{100 * s.masked_top5_accuracy:.2f}%")]
+    else:
+        s = evaluate_lm(lm, a.data, a.text_field, a.errors, batch_size=a.batch_size, max_tokens=a.max_tokens)
+        rows = [("tokens", f"{s.tokens:,}"), ("bytes", f"{s.bytes:,}"), ("loss (nats/token)", f"{s.loss:.4f}"),
+                ("perplexity", f"{s.perplexity:.3f}"), ("bits per byte", f"{s.bits_per_byte:.4f}"),
+                ("top-1 accuracy", f"{100 * s.top1_accuracy:.2f}%"),
+                ("top-5 accuracy", f"{100 * s.top5_accuracy:.2f}%")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v:>12}")
+    if a.json_out:
+        _write_json(a.json_out, {"run": str(a.run_dir), "data": a.data, **s.to_dict()})
+
+
+def _evaluate_task(a) -> None:
+    from ..evaluate.tasks import evaluate_task, format_table
+    if a.limit < 0:
+        raise LmkitError(f"--limit must be >= 0 (got {a.limit})")
+    r = evaluate_task(a.run_dir, a.task, a.data, limit=a.limit, max_new_tokens=a.max_new_tokens,
+                      batch_size=a.batch_size)
+    print(format_table(r))
+    _write_json(a.json_out or f"eval_{a.task}.json", r)
+
+
+def _write_json(path: str, scores: dict) -> None:
+    from ..io import atomic_write_text
+    atomic_write_text(path, json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {path}")
+
+
+def run_explain(a) -> None:
+    from ..api import load
+    from ..explain import embeddings_png, write_page
+    if not a.embeddings and not a.text:
+        raise LmkitError("explain: give the text to look at, or --embeddings")
+    lm = load(a.run_dir, purpose="explain")
+    if a.embeddings:
+        print(f"wrote {embeddings_png(lm, a.out or 'embeddings.png')}")
+        return
+    out = write_page(lm, a.text, a.out or "explain.html", top_k=a.top_k)
+    print(f"wrote {out} (and {out.stem}_layer*.png); open it in a browser")

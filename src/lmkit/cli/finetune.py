@@ -1,0 +1,149 @@
+"""Commands that adapt a model to a task: finetune (classify, sft, merge), predict."""
+# Handlers import the library when they run, so that `lmkit --help` and flag errors never load torch.
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import LmkitError
+from . import flags
+
+
+def register(g: flags.Group) -> None:
+    p = g.command("finetune", None, "fine-tune a model for a task")
+    tasks = flags.actions(p, "task", "TASK")
+    _classify_flags(flags.bind(
+        tasks, "classify", run_classify, "train a text classifier on a labelled csv/tsv/jsonl file",
+        "Fine-tune a pretrained model (--base: an lmkit run or a Hugging Face BERT folder) or train a fresh "
+        "one (--model) to classify texts. Reports accuracy, macro-F1 and the confusion matrix on --eval after "
+        "every epoch and keeps the best checkpoint in --out."))
+    _sft_flags(flags.bind(
+        tasks, "sft", run_sft, "supervised fine-tuning on conversations or instructions (full or LoRA)",
+        "Fine-tune a GPT (an lmkit run or a Hugging Face folder) on chat data: rows with 'messages' or Alpaca "
+        "'instruction'/'input'/'output'. The loss covers the assistant's replies only; conversations are "
+        "packed with attention kept inside each; a held-out share (val_fraction) gives the validation loss, "
+        "and the best checkpoint is kept. The run's chat template is used by chat, generate --chat and serve."))
+    f = flags.bind(tasks, "merge", run_merge, "fold a LoRA run's adapters into its weights (a plain run)",
+                   "Write RUN (a LoRA fine-tune) as a plain run directory OUT: W + (alpha/r)·B·A in every adapted "
+                   "layer; it loads, serves and exports like any run.")
+    f.add_argument("run_dir", help="run directory written by lmkit finetune sft --lora-rank R")
+    f.add_argument("out_dir", help="run directory to write")
+    flags.overwrite(f)
+
+    p = g.command("predict", run_predict, "classify texts with a fine-tuned classifier",
+                  "Print the predicted label and its probability for TEXT, or for every row of --file "
+                  "(csv/tsv/jsonl; writes --out as jsonl when given).")
+    p.add_argument("run_dir", help="directory written by lmkit finetune classify")
+    p.add_argument("text", nargs="?", help="text to classify")
+    p.add_argument("--file", help="classify every row of this csv/tsv/jsonl file instead")
+    p.add_argument("--text-field", help="column holding the text (default: found)")
+    p.add_argument("--out", help="write predictions to this .jsonl file")
+
+
+def _classify_flags(f) -> None:
+    f.add_argument("--train", required=True, help="labelled training file (.csv, .tsv or .jsonl)")
+    f.add_argument("--eval", required=True, help="labelled evaluation file, same format")
+    f.add_argument("--out", required=True, help="output run directory")
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--base", help="start from this lmkit run or Hugging Face BERT folder")
+    src.add_argument("--model", choices=["bag-of-embeddings", "lstm", "gpt", "bert"], help="train this model from scratch")
+    f.add_argument("--text-field", help="column holding the text (default: found: text, sentence, review, …)")
+    f.add_argument("--label-field", help="column holding the label (default: found: label, sentiment, class, …)")
+    f.add_argument("--epochs", type=int, default=3, help="passes over the training file (default 3)")
+    f.add_argument("--batch-size", type=int, default=32, help="texts per step (default 32)")
+    f.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5 with --base, 1e-3 fresh)")
+    f.add_argument("--max-len", type=int, default=128, help="tokens per text; longer ones are truncated (default 128)")
+    f.add_argument("--pooling", choices=["cls", "mean", "last"], help="default mean for encoders, last for gpt/lstm")
+    f.add_argument("--n-layer", type=int, default=2, help="fresh model: layers (default 2)")
+    f.add_argument("--n-embd", type=int, default=128, help="fresh model: width (default 128)")
+    f.add_argument("--n-head", type=int, default=4, help="fresh model: attention heads (default 4)")
+    f.add_argument("--vocab-size", type=int, default=8000, help="fresh model: WordPiece vocabulary (default 8000)")
+    f.add_argument("--limit", type=int, default=0, help="train on a random subset of this many rows (default all)")
+    f.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (default: per epoch)")
+    f.add_argument("--max-minutes", type=float, default=0, help="stop training after this many minutes")
+    f.add_argument("--seed", type=int, default=1337)
+    flags.device(f)
+    flags.overwrite(f, "replace a classifier already in --out")
+    flags.quiet(f)
+
+
+def _sft_flags(f) -> None:
+    f.add_argument("--base", required=True, help="lmkit run directory or Hugging Face model folder to start from")
+    f.add_argument("--data", required=True, help=".json (a list of rows) or .jsonl")
+    f.add_argument("--out", required=True, help="output run directory")
+    f.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank only (default 0: "
+                   "full fine-tuning)")
+    f.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA scale alpha (update × alpha/rank; default 2 × rank)")
+    f.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
+                   help="Linear modules to adapt, by name suffix (default: attn.qkv attn.proj mlp.fc mlp.proj)")
+    f.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input (default 0)")
+    f.add_argument("--too-long", choices=["drop", "truncate"], default="drop",
+                   help="conversations longer than the context: drop them (default) or keep their beginning")
+    flags.overrides(f, "training settings, e.g. --set max_iters=300 learning_rate=2e-4 batch_size=8")
+    f.add_argument("--merge", action="store_true", help="LoRA: also write OUT/merged, a plain run with the "
+                   "adapters folded into the weights")
+    f.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
+    flags.overwrite(f, "replace a run already in --out")
+    flags.quiet(f)
+
+
+def run_classify(a) -> None:
+    from ..finetune.fit import ClassifyConfig, finetune_classify
+    c = ClassifyConfig(train=a.train, eval=a.eval, out=a.out, base=a.base, model=a.model, text_field=a.text_field,
+                       label_field=a.label_field, epochs=a.epochs, batch_size=a.batch_size,
+                       learning_rate=a.learning_rate, max_len=a.max_len, pooling=a.pooling, n_layer=a.n_layer,
+                       n_head=a.n_head, n_embd=a.n_embd, vocab_size=a.vocab_size, limit=a.limit,
+                       eval_every=a.eval_every, max_minutes=a.max_minutes, seed=a.seed, device=a.device,
+                       overwrite=a.overwrite, progress=not a.quiet)
+    r = finetune_classify(c)
+    print(f"best: epoch {r['best_epoch']} step {r['step']}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} "
+          f"on {a.eval} ({r['wall_s']:.0f} s)")
+    print(f"classifier saved in {r['out_dir']}  (predict: lmkit predict {r['out_dir']} \"some text\")")
+
+
+def run_sft(a) -> int:
+    from ..finetune.sft import SFTConfig, finetune_sft
+    if a.lora_rank < 0:
+        raise LmkitError(f"--lora-rank must be >= 0 (got {a.lora_rank})")
+    if not 0 <= a.lora_dropout < 1:
+        raise LmkitError(f"--lora-dropout must be in [0, 1) (got {a.lora_dropout})")
+    if (a.lora_alpha or a.lora_targets or a.merge) and not a.lora_rank:
+        raise LmkitError("--lora-alpha, --lora-targets and --merge need --lora-rank R (LoRA)")
+    targets = {"lora_targets": tuple(a.lora_targets)} if a.lora_targets else {}  # else SFTConfig's default
+    c = SFTConfig(base=a.base, data=a.data, out=a.out, lora_rank=a.lora_rank, lora_alpha=a.lora_alpha,
+                  lora_dropout=a.lora_dropout, too_long=a.too_long, overrides=a.overrides, merge=a.merge,
+                  resume=a.resume, overwrite=a.overwrite, progress=not a.quiet, **targets)
+    r = finetune_sft(c)
+    print(f"step {r.step}: val loss {r.val_loss:.4f} (best {r.best_metric:.4f}, kept), train loss "
+          f"{r.train_loss:.4f}, {r.wall_s:.0f} s")
+    print(f"run directory: {r.out_dir}  (try: lmkit chat {r.out_dir})")
+    if a.merge:
+        print(f"merged run: {Path(r.out_dir) / 'merged'}")
+    return 130 if r.interrupted else 0
+
+
+def run_merge(a) -> None:
+    from ..finetune.sft import merge_run
+    print(f"wrote {merge_run(a.run_dir, a.out_dir, overwrite=a.overwrite)} (adapters merged)")
+
+
+def run_predict(a) -> None:
+    import json
+    from ..finetune.classify import load_classifier
+    from ..finetune.tabular import read_labeled
+    from ..io import atomic_write_text
+    if (a.text is None) == (a.file is None):
+        raise LmkitError("predict: give a TEXT or --file FILE (not both)")
+    clf = load_classifier(a.run_dir)
+    if a.text is not None:
+        label, p = clf.predict(a.text)
+        print(f"{label}\t{p:.4f}")
+        return
+    data = read_labeled(a.file, a.text_field or None, need_labels=False)
+    results = clf.predict(data.texts)
+    if not a.out:
+        for t, (label, p) in zip(data.texts, results):
+            print(f"{label}\t{p:.4f}\t{t}")
+        return
+    atomic_write_text(a.out, "".join(json.dumps({"row": r, "text": t, "label": l, "probability": p}) + "\n"
+                                     for r, t, (l, p) in zip(data.rows, data.texts, results)))
+    print(f"wrote {len(results)} predictions to {a.out}")

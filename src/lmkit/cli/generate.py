@@ -1,0 +1,119 @@
+"""Commands that run a model on text: generate, chat, fill-mask."""
+# Handlers import the library when they run, so that `lmkit --help` and flag errors never load torch
+# (sampling_config is torch-free: the sampling flags take their defaults from SamplingConfig).
+from __future__ import annotations
+
+import sys
+
+from ..errors import LmkitError
+from ..sampling_config import SAMPLING_DEFAULTS, sampling_config
+from . import flags
+
+# SamplingConfig field, flag type, help ("{}": the field's default); `chat` takes the first five
+SAMPLING = [
+    ("max_new_tokens", int, "tokens to generate (default {})"),
+    ("temperature", float, "0 = greedy; higher = more random (default {})"),
+    ("top_k", int, "sample only among the k most likely tokens (default {}; 0 = off)"),
+    ("top_p", float, "nucleus sampling: smallest set with this much probability (default {})"),
+    ("seed", int, "fix the random draws so the output repeats"),
+    ("min_p", float, "drop tokens less likely than min_p × the top token's probability (default {})"),
+    ("repetition_penalty", float, "> 1 discourages tokens already in the text (default {}; 1 = off)"),
+    ("frequency_penalty", float, "lower a token's logit by this per earlier use (-2..2; default {})"),
+    ("presence_penalty", float, "lower a used token's logit by this once (-2..2; default {})"),
+]
+CHAT_SAMPLING = 5
+FLAG = {name: "--" + name.replace("_", "-") for name in SAMPLING_DEFAULTS}
+
+
+def register(g: flags.Group) -> None:
+    p = g.command("generate", run_generate, "generate text from a trained run",
+                  "Continue a prompt with a trained model, streaming the text as it comes.")
+    p.add_argument("run_dir", help=flags.TRAINED_RUN)
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
+    p.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
+    flags.device(p)
+    p.add_argument("--chat", action="store_true", help="the prompt is a user message: answer it through the "
+                   "run's chat template (the reply stops at the end of the assistant's turn)")
+    _sampling_flags(p, SAMPLING)
+    p.add_argument("--stop", action="append", default=list(SAMPLING_DEFAULTS["stop"]), metavar="TEXT",
+                   help="stop before this text (repeatable)")
+    p.add_argument("--truncate", action="store_true", default=SAMPLING_DEFAULTS["truncate"],
+                   help="a prompt longer than the context keeps its last tokens")
+    p.add_argument("--beams", type=int, default=0, help="beam search with this many beams instead of sampling")
+
+    p = g.command("chat", run_chat, "chat with a run in the terminal, replies streamed",
+                  "A terminal conversation with RUN_DIR; /reset starts over, /quit leaves.")
+    p.add_argument("run_dir", help=flags.TRAINED_RUN)
+    flags.device(p)
+    _sampling_flags(p, SAMPLING[:CHAT_SAMPLING])
+
+    p = g.command("fill-mask", run_fill_mask, "predict the tokens behind [MASK] with a BERT run",
+                  "Print the top-k tokens, with probabilities, for each [MASK] in TEXT.")
+    p.add_argument("run_dir", help="run directory of a BERT model (model.type = bert, objective = mlm)")
+    p.add_argument("text", help='text with one or more [MASK], e.g. "The capital of France is [MASK]."')
+    p.add_argument("--top-k", type=int, default=5, help="how many candidates per [MASK] (default 5)")
+    flags.device(p)
+
+
+def _sampling_flags(p, table) -> None:
+    for name, type_, help in table:
+        default = SAMPLING_DEFAULTS[name]
+        shown = "off" if default is None else f"{default:g}" if isinstance(default, float) else str(default)
+        p.add_argument(FLAG[name], type=type_, default=default, help=help.format(shown))
+
+
+def sampling_options(a) -> dict:
+    """The sampling keyword arguments the flags give, checked by SamplingConfig; an error names the flag."""
+    kw = {name: getattr(a, name) for name in SAMPLING_DEFAULTS if hasattr(a, name)}
+    if "stop" in kw:
+        kw["stop"] = tuple(kw["stop"])
+    try:
+        sampling_config(**kw)
+    except LmkitError as e:
+        field = str(e).split(" ", 1)[0]
+        raise LmkitError(f"{FLAG[field]}: {e}" if field in kw else str(e)) from None
+    return kw
+
+
+def run_generate(a) -> None:
+    from ..api import load
+    from ..runs import CAUSAL
+    sampling = sampling_options(a)
+    if a.num_samples < 1:
+        raise LmkitError(f"--num-samples must be >= 1 (got {a.num_samples})")
+    lm = load(a.run_dir, device=a.device, families=CAUSAL, purpose="generate")
+    prompt, shown = a.prompt, a.prompt
+    if a.chat:  # the run's chat template, as `lmkit chat` and the server use it
+        prompt, stops = lm.chat_prompt([("user", a.prompt)])
+        sampling["stop"], shown = sampling["stop"] + stops, ""
+    if a.beams:
+        print(shown + lm.beam_search(prompt, num_beams=a.beams, max_new_tokens=a.max_new_tokens))
+        return
+    for i in range(a.num_samples):
+        if i:
+            print("\n" + "-" * 40)
+        sys.stdout.write(shown)
+        for piece in lm.stream(prompt, **{**sampling, "seed": None if a.seed is None else a.seed + i}):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        print()
+
+
+def run_chat(a) -> None:
+    from ..api import load
+    from ..runs import CAUSAL
+    from ..serve.terminal import chat
+    sampling = sampling_options(a)
+    chat(load(a.run_dir, device=a.device, families=CAUSAL, purpose="chat"), **sampling)
+
+
+def run_fill_mask(a) -> None:
+    from ..api import load
+    from ..runs import ENCODERS
+    if a.top_k < 1:
+        raise LmkitError(f"--top-k must be >= 1 (got {a.top_k})")
+    lm = load(a.run_dir, device=a.device, families=ENCODERS, purpose="fill-mask")
+    for i, candidates in enumerate(lm.fill_mask(a.text, a.top_k)):
+        print(f"[MASK] #{i + 1}:")
+        for token, p in candidates:
+            print(f"  {p:8.4f}  {token}")

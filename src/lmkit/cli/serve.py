@@ -1,0 +1,36 @@
+"""The command that serves a model over HTTP: serve."""
+# The handler imports the library when it runs, so that `lmkit --help` and flag errors never load torch.
+from __future__ import annotations
+
+from ..errors import LmkitError
+from . import flags
+
+
+def register(g: flags.Group) -> None:
+    p = g.command("serve", run_serve, "serve a run over an OpenAI-compatible HTTP API with a chat page",
+                  "Serve RUN_DIR at /v1/completions, /v1/chat/completions and /v1/models (OpenAI-compatible, "
+                  "streaming), with a chat page at / and the schema at /docs.")
+    p.add_argument("run_dir", help=flags.TRAINED_RUN)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    p.add_argument("--max-batch", type=int, default=32, help="most sequences decoded together (default 32)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for decoding (default 0 = torch's choice)")
+    p.add_argument("--encoder", default=None, metavar="MODEL",
+                   help="also serve POST /v1/embeddings with this encoder (all-MiniLM-L6-v2, a BERT run or HF folder)")
+    flags.device(p)
+
+
+def run_serve(a) -> None:
+    if not 0 < a.port < 65536:
+        raise LmkitError(f"--port must be in 1..65535 (got {a.port})")
+    if a.max_batch < 1:
+        raise LmkitError(f"--max-batch must be >= 1 (got {a.max_batch})")
+    if a.threads < 0:
+        raise LmkitError(f"--threads must be >= 0 (got {a.threads})")
+    from ..serve import serve
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
+    serve(a.run_dir, host=a.host, port=a.port, api_key=a.api_key, device=a.device, max_batch=a.max_batch,
+          encoder=a.encoder)

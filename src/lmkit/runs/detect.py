@@ -1,0 +1,86 @@
+"""What a directory is, read from its marker files alone (no weights are touched)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LmkitError
+
+# marker files that make a native run directory one of the derived kinds
+MARKERS = {"int8": "quantization.json", "lora": "adapter_config.json", "pruned": "pruning.json",
+           "merged": "merged.json"}
+DESCRIPTION = {
+    "run": "an lmkit run (made by lmkit train)",
+    "hf": "a Hugging Face model folder",
+    "int8": "an int8 run (made by lmkit quantize)",
+    "pruned": "a pruned run (made by lmkit prune)",
+    "lora": "a LoRA run (made by lmkit finetune sft --lora-rank)",
+    "merged": "a merged LoRA run (made by lmkit finetune merge)",
+    "classifier": "a text classifier (made by lmkit finetune classify)",
+    "index": "a search index (made by lmkit embed)",
+    "data": "prepared training data (made by lmkit prepare)",
+}
+FAMILY_NAME = {"gpt": "a GPT (causal LM)", "lstm": "an LSTM/GRU language model", "bert": "a BERT encoder",
+               "classifier": "a text classifier"}
+HF_FAMILIES = {"gpt2": "gpt", "llama": "gpt", "bert": "bert"}
+
+
+@dataclass
+class Found:
+    path: Path
+    kind: str
+    family: str | None = None  # gpt, bert, lstm, classifier; None when unknown until read (hf: ids)
+    meta: dict = field(default_factory=dict)  # the marker file's contents, for messages (e.g. "source")
+    hf_id: bool = False
+
+    def describe(self) -> str:
+        text = DESCRIPTION[self.kind]
+        if self.family and self.kind in ("run", "hf", "int8", "pruned", "lora", "merged"):
+            name = {"gpt": "GPT", "bert": "BERT", "lstm": "LSTM"}.get(self.family, self.family)
+            text = text.replace("an lmkit run", f"an lmkit {name} run").replace("a Hugging Face model",
+                                                                                f"a Hugging Face {name} model")
+        return text
+
+
+def read_json(f: Path) -> dict:
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LmkitError(f"{f}: corrupt, not valid JSON ({str(e).splitlines()[0][:120]})")
+    if not isinstance(data, dict):
+        raise LmkitError(f"{f}: corrupt, not a JSON object")
+    return data
+
+
+def detect(path: str | Path) -> Found:
+    """The kind of directory at `path`; LmkitError (one line) for a missing path, an empty folder, a file,
+    or a folder that holds none of lmkit's kinds."""
+    if str(path).startswith("hf:"):
+        return Found(Path(str(path)), "hf", hf_id=True)
+    path = Path(path)
+    if not path.exists():
+        raise LmkitError(f"{path}: no such run directory")
+    if not path.is_dir():
+        raise LmkitError(f"{path}: is a file, not a run directory")
+    if not any(path.iterdir()):
+        raise LmkitError(f"{path}: not a run directory (an empty folder)")
+    if (path / "classifier.json").is_file():
+        return Found(path, "classifier", "classifier", read_json(path / "classifier.json"))
+    if (path / "meta.json").is_file() and (path / "vectors.npy").is_file():
+        return Found(path, "index", meta=read_json(path / "meta.json"))
+    if (path / "meta.json").is_file() and (path / "train.bin").is_file():
+        return Found(path, "data", meta=read_json(path / "meta.json"))
+    if not (path / "config.json").is_file():
+        raise LmkitError(f"{path}: not a run directory (no config.json)")
+    raw = read_json(path / "config.json")
+    if "model_type" in raw:
+        return Found(path, "hf", HF_FAMILIES.get(raw["model_type"], raw["model_type"]))
+    if not isinstance(raw.get("model"), dict) or "train" not in raw:
+        raise LmkitError(f"{path / 'config.json'}: neither an lmkit run (no 'model' and 'train' sections) nor a "
+                         "Hugging Face model (no 'model_type')")
+    family = raw["model"].get("type", "gpt")
+    for kind, marker in MARKERS.items():
+        if (path / marker).is_file():
+            return Found(path, kind, family, read_json(path / marker))
+    return Found(path, "run", family)
