@@ -21,7 +21,8 @@ from _common import report  # noqa: E402
 
 import lmkit  # noqa: E402
 from lmkit.compress import _run_data_dir, prune_run, quantize_int8, val_loss  # noqa: E402
-from lmkit.generate import SamplingConfig, generate_ids  # noqa: E402
+from lmkit.engine import generate_ids  # noqa: E402
+from lmkit.sampling import SamplingConfig  # noqa: E402
 
 
 def speed(lm, n: int = 200) -> float:

@@ -36,7 +36,8 @@ import lmkit  # noqa: E402
 from lmkit.compress import (_run_data_dir, export_onnx, onnx_session, prune_run,  # noqa: E402
                             quantize_int8)
 from lmkit.data.shards import open_split  # noqa: E402
-from lmkit.generate import SamplingConfig, generate_ids  # noqa: E402
+from lmkit.engine import generate_ids  # noqa: E402
+from lmkit.sampling import SamplingConfig  # noqa: E402
 from lmkit.search import Encoder, default_model_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

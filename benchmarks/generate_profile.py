@@ -27,8 +27,9 @@ from _common import report  # noqa: E402
 from generate_vs_transformers import SHAPE, hf_twin  # noqa: E402
 
 from lmkit.config import ModelConfig  # noqa: E402
-from lmkit.generate import Decoder, SamplingConfig  # noqa: E402
+from lmkit.engine import DecodeSession  # noqa: E402
 from lmkit.models import build_model  # noqa: E402
+from lmkit.sampling import SamplingConfig  # noqa: E402
 
 MATMUL, ATTENTION = ("aten::addmm", "aten::mm"), ("aten::_scaled_dot_product_flash_attention_for_cpu",)
 
@@ -89,7 +90,7 @@ def main() -> None:
     rows = []
     for batch in (1, 8):
         prompt = torch.randint(0, SHAPE["vocab_size"], (batch, 16))
-        dec = Decoder(model, prompt.tolist(), SamplingConfig(max_new_tokens=10**6, temperature=0))
+        dec = DecodeSession(model, prompt.tolist(), SamplingConfig(max_new_tokens=10**6, temperature=0))
         for name, step in (("lmkit", dec.step), ("transformers", hf_stepper(hf, prompt))):
             wall, mm, attn, ops = profiled(step, a.steps)
             rest = max(0.0, wall - mm - attn)

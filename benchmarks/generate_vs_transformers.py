@@ -4,8 +4,8 @@ Builds one GPT-2 configuration (~10M parameters) in both libraries, copies lmkit
 `GPT2LMHeadModel` (checking that the logits agree), then decodes greedily 256 new tokens after a
 16-token prompt at batch 1 and batch 8, float32 on the CPU. Engines, run in turn (interleaved) so that
 load from other jobs falls on all of them alike:
-    lmkit          the engine's default (fast) path: Decoder(fast=True), steps under torch.inference_mode
-    lmkit plain    Decoder(fast=False): the same steps under torch.no_grad
+    lmkit          the engine's default (fast) path: DecodeSession(fast=True), steps under torch.inference_mode
+    lmkit plain    DecodeSession(fast=False): the same steps under torch.no_grad
     transformers   GPT2LMHeadModel.generate(do_sample=False)
     lmkit int8     the default path with the block Linears on dynamic int8 kernels (lmkit.compress);
                    not the same weights, so reported apart and not in the headline
@@ -31,8 +31,9 @@ from _common import report  # noqa: E402
 
 from lmkit.compress import dynamic_int8  # noqa: E402
 from lmkit.config import ModelConfig  # noqa: E402
-from lmkit.generate import SamplingConfig, generate_ids  # noqa: E402
+from lmkit.engine import generate_ids  # noqa: E402
 from lmkit.models import build_model  # noqa: E402
+from lmkit.sampling import SamplingConfig  # noqa: E402
 
 SHAPE = dict(vocab_size=8192, block_size=512, n_layer=10, n_head=8, n_embd=256)
 

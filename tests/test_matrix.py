@@ -37,7 +37,7 @@ WORKS = {
     "classify": FLOAT_GPT | {"bert", "hf-bert", "lstm"},
     "embed": {"bert", "hf-bert"},
     "init_from": {"gpt", "pruned"},
-    "resume": {"gpt"},
+    "resume": {"gpt", "lstm", "bert"},
 }
 
 
@@ -93,7 +93,11 @@ def kinds(tmp_path_factory):
     w = base / "corrupt-weights" / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     k["corrupt-config"], k["corrupt-weights"] = base / "corrupt-config", base / "corrupt-weights"
-    k["_text"], k["_labels"], k["_chat"], k["_base"] = text, labelled, chat, base
+    toml = base / "small.toml"
+    toml.write_text(f'data = "{text}"\ntokenizer = "char"\nn_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 32\n'
+                    'max_iters = 1\neval_interval = 1\neval_iters = 1\nbatch_size = 2\ndtype = "float32"\n',
+                    encoding="utf-8")
+    k["_text"], k["_labels"], k["_chat"], k["_toml"] = text, labelled, chat, toml
     return k
 
 
@@ -117,9 +121,7 @@ def argv_for(command: str, path, k, out) -> list[str]:
         "classify": ["finetune", "classify", "--base", p, "--train", str(k["_labels"]), "--eval",
                      str(k["_labels"]), "--epochs", "1", "--max-len", "16", "--out", str(out / "c"), "--quiet"],
         "embed": ["embed", p, "--data", text, "--out", str(out / "i")],
-        "init_from": ["train", "--set", f"data={text}", "tokenizer=char", "n_layer=2", "n_head=2", "n_embd=32",
-                      "block_size=32", "max_iters=1", "eval_interval=1", "eval_iters=1", "batch_size=2",
-                      f"init_from={p}", f"out_dir={out / 't'}", "--quiet"],
+        "init_from": ["train", str(k["_toml"]), "--set", f"init_from={p}", f"out_dir={out / 't'}", "--quiet"],
         "resume": ["train", "--resume", "--set", f"out_dir={p}", "max_iters=5", "--quiet"],
     }[command]
 

@@ -9,7 +9,8 @@ from lmkit.models import build_model
 from lmkit.sampling import SamplingConfig
 
 
-def test_rnn_trains_with_the_trainer_and_generates(tmp_path, cell="lstm"):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rnn_trains_with_the_trainer_and_generates(tmp_path, cell):
     from lmkit import load, train
     data = tmp_path / "t.txt"
     data.write_text("abcdefgh\n" * 300, encoding="utf-8")
@@ -17,9 +18,12 @@ def test_rnn_trains_with_the_trainer_and_generates(tmp_path, cell="lstm"):
     cfg.model.type, cfg.model.rnn = "lstm", cell
     r = train(cfg, progress=False)
     vals = [h["val_loss"] for h in r.history if "val_loss" in h]
-    assert vals[-1] < 0.3 * vals[0]
+    assert [h["step"] for h in r.history if "val_loss" in h] == [0, 20, 40]
+    assert vals[0] > 2.0 and vals[-1] < 0.3 * vals[0], vals  # from ~ln(vocab) to well below
     lm = load(r.out_dir)
+    assert type(lm.model.rnn) is {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]  # the cell it was trained as
     assert lm.generate("abc", max_new_tokens=5, temperature=0) == "defgh"
+    assert lm.generate("fgh\na", max_new_tokens=4, temperature=0) == "bcde"  # across the line break
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

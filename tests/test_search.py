@@ -83,7 +83,7 @@ def test_cli_embed_and_search(tmp_path, capsys):
     first = next(l for l in out.splitlines() if l.startswith("1. "))
     assert "rows.jsonl:5 " in first  # the code row ranks first
     assert main(["search", str(tmp_path), "x"]) == 2
-    assert "not an index folder" in capsys.readouterr().err
+    assert "not a search index (make one with lmkit embed)" in capsys.readouterr().err
     assert main(["embed", "--data", str(f), "--text-field", "body", "--out", str(tmp_path / "i")]) == 2
 
 

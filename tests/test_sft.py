@@ -10,7 +10,7 @@ import lmkit
 from lmkit.chat import PLAIN, TOKENS, add_role_tokens, check_messages
 from lmkit.config import ModelConfig
 from lmkit.errors import LmkitError
-from lmkit.finetune import lora
+from lmkit.models import lora
 from lmkit.finetune.sft import SFTConfig, finetune_sft
 from lmkit.finetune.sft_data import Example, PackedBatches, load_examples, pack
 from lmkit.models import build_model
@@ -180,7 +180,7 @@ def test_sft_full_and_lora_through_the_trainer(trained_run, tmp_path):
 
     # LoRA, from the same base exported as a Hugging Face folder; the merged run exports back
     transformers = pytest.importorskip("transformers", reason="the Hugging Face round trip needs transformers")
-    from lmkit.hf import export_hf
+    from lmkit.runs.hf_export import export_hf
     hf_base = export_hf(trained_run, tmp_path / "hf_base")
     out = tmp_path / "lora"
     r = finetune_sft(SFTConfig(base=str(hf_base), data=str(data), out=str(out), lora_rank=4,

@@ -11,10 +11,11 @@ import lmkit
 from lmkit import LmkitError
 from lmkit.cli import main
 from lmkit.config import Config, load_config, load_json
-from lmkit.hf import export_format
+from lmkit.runs.hf_export import export_format
 from lmkit.models import build_model
 from lmkit.train.grow import grow_model, layer_sources
 from lmkit.train.optim import MuonAdamW, lr_at, make_optimizer, newton_schulz
+from lmkit.train.trainer import Trainer
 from conftest import tiny_config
 
 
@@ -34,12 +35,19 @@ def test_each_lever_trains(text_file, tmp_path, options):
     for section, values in options.items():
         for k, v in values.items():
             setattr(getattr(cfg, section), k, v)
-    result = lmkit.train(cfg, progress=False)
+    trainer = Trainer(cfg, progress=False)
+    result = trainer.fit()
     first, last = _evals(result.out_dir)[0], _evals(result.out_dir)[-1]
-    assert math.isfinite(last["val_loss"])
     assert last["val_loss"] < 0.7 * first["val_loss"], (first, last)
-    # the run reloads and generates with the same options
-    assert isinstance(lmkit.load(result.out_dir).generate("1 little", max_new_tokens=5, temperature=0), str)
+    # the run reloads with the same options: the trained model's logits exactly, and greedy generation (with
+    # the cache) gives the tokens of a plain argmax loop over the trained model
+    lm, model = lmkit.load(result.out_dir), trainer.model.eval()
+    ids = torch.tensor([lm.tokenizer.encode("1 little")])
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids)[0], model(ids)[0])
+        for _ in range(6):
+            ids = torch.cat([ids, model(ids)[0][:, -1:].argmax(-1)], dim=1)
+    assert lm.generate("1 little", max_new_tokens=6, temperature=0) == lm.tokenizer.decode(ids[0, -6:].tolist())
 
 
 @pytest.mark.parametrize("T", [16, 64])
@@ -170,12 +178,19 @@ def _loss_on(model, ids):
         return model(ids[:, :-1], ids[:, 1:])[1].item()
 
 
-def test_grow_starts_from_the_shallow_loss_and_training_continues(trained_run, tmp_path):
+def test_grow_starts_from_the_shallow_loss_and_training_continues(trained_run, tmp_path, capsys):
     assert layer_sources(2, 4) == [0, 0, 1, 1] and layer_sources(4, 6) == [0, 0, 1, 2, 2, 3]
     out = tmp_path / "grown"
     assert main(["grow", str(trained_run), "--n-layer", "4", "--out", str(out)]) == 0
     shallow, grown = lmkit.load(trained_run), lmkit.load(out)
-    assert grown.config.model.n_layer == 4
+    # layers 0, 0, 1, 1: each first copy is its layer; a further copy has zero output projections (identity)
+    for i, src in enumerate(layer_sources(2, 4)):
+        mine, theirs = grown.model.h[i].state_dict(), shallow.model.h[src].state_dict()
+        for k, v in mine.items():
+            if i % 2 and k.split(".")[1] == "proj":
+                assert not v.any(), (i, k)
+            else:
+                assert torch.equal(v, theirs[k]), (i, k)
     text = "To be, or not to be, that is the question.\n" * 2
     ids = torch.tensor([shallow.tokenizer.encode(text)[:32]])
     fresh = build_model(grown.config.model)
@@ -196,11 +211,31 @@ def test_grow_starts_from_the_shallow_loss_and_training_continues(trained_run, t
     w = load_file(str(result.out_dir / "model.safetensors"))
     assert w["h.1.mlp.proj.weight"].abs().max() > 0
 
-    with pytest.raises(LmkitError, match="init_from: .* has other model settings \\(n_layer = 4 there, 6 here"):
+    settings = "init_from: .*grown is an lmkit GPT run .* and has other model settings \\(n_layer = 4 there, 6 here"
+    with pytest.raises(LmkitError, match=settings):
         cfg.model.n_layer, cfg.train.out_dir = 6, str(tmp_path / "deeper")
         lmkit.train(cfg, progress=False)
+    capsys.readouterr()
     assert main(["grow", str(trained_run), "--n-layer", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "--n-layer 1 must be larger than the model's 2 layers" in capsys.readouterr().err
     assert main(["grow", str(tmp_path / "nothing"), "--n-layer", "4", "--out", str(tmp_path / "x")]) == 2
+    assert "nothing: no such run directory" in capsys.readouterr().err
+    assert main(["grow", str(trained_run), "--n-layer", "4", "--out", str(out)]) == 2  # out holds the grown run
+    assert "folder is not empty (use --overwrite" in capsys.readouterr().err
+
+
+def test_grow_and_init_from_refuse_an_int8_run_in_one_line(trained_run, tmp_path, capsys):
+    q = tmp_path / "q"
+    assert main(["quantize", str(trained_run), "--out", str(q)]) == 0
+    capsys.readouterr()
+    assert main(["grow", str(q), "--n-layer", "4", "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is an int8 run" in err and "use the float run it came from" in err, err
+    assert not (tmp_path / "g").exists()
+    cfg = load_json(trained_run / "config.json")
+    cfg.train.init_from, cfg.train.out_dir, cfg.train.max_iters = str(q), str(tmp_path / "r"), 2
+    with pytest.raises(LmkitError, match=r"q is an int8 run \(made by lmkit quantize\); init_from takes .*float run"):
+        lmkit.train(cfg, progress=False)
 
 
 def test_grow_model_is_exact_with_rope_and_rmsnorm():

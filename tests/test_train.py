@@ -8,6 +8,9 @@ from safetensors.torch import load_file
 import lmkit
 from lmkit import LmkitError
 from lmkit.config import load_config
+from lmkit.data.batches import make_batches
+from lmkit.data.shards import open_split
+from lmkit.train.task import EVAL_SEED
 from lmkit.train.trainer import Trainer
 from conftest import tiny_config
 
@@ -69,7 +72,9 @@ def test_time_budget_stops_evaluates_and_saves(text_file, tmp_path, capsys):
     result = lmkit.train(cfg)
     assert result.step == cfg.train.log_interval  # the budget is checked at the first log
     assert result.history[-1]["step"] == result.step and "val_loss" in result.history[-1]
-    assert lmkit.load(tmp_path / "run") is not None
+    # the checkpoint is the stopping step's: weights and training state agree on it
+    assert lmkit.load(tmp_path / "run").run.step == result.step
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == result.step
     captured = capsys.readouterr()
     assert "max_minutes = 1e-06 is spent" in captured.out + captured.err
 
@@ -98,15 +103,19 @@ def test_truncated_checkpoint_is_reported(text_file, tmp_path):
         lmkit.train(cfg, resume=True, progress=False)
 
 
-def test_save_load_gives_identical_logits(trained_run):
+def test_saved_weights_are_the_last_evaluated_ones_and_reload_identically(trained_run):
     lm = lmkit.load(trained_run)
     cfg = lm.config
-    from lmkit.models import build_model
-    twin = build_model(cfg.model)
-    twin.load_state_dict(lm.model.state_dict())
-    ids = torch.tensor([lm.tokenizer.encode("To be, or not")])
+    # the last evaluation's val loss, recomputed with the reloaded weights on the same windows
+    batches = make_batches(open_split(trained_run / "data", "val"), cfg, EVAL_SEED, lm.tokenizer, name="val")
     with torch.no_grad():
-        assert torch.equal(lm.model(ids)[0], twin.eval()(ids)[0])
+        losses = [lm.model(*batches.next())[1].item() for _ in range(cfg.train.eval_iters)]
+    evals = [json.loads(line) for line in open(trained_run / "metrics.jsonl") if "val_loss" in line]
+    first, last = evals[0], evals[-1]
+    assert last["step"] == 60 and lm.run.step == 60
+    assert sum(losses) / len(losses) == pytest.approx(last["val_loss"], abs=1e-5)
+    assert last["val_loss"] < first["val_loss"] - 0.3  # trained weights, not the fresh model's of step 0
+    ids = torch.tensor([lm.tokenizer.encode("To be, or not")])
     again = lmkit.load(trained_run)
     with torch.no_grad():
         assert torch.equal(lm.model(ids)[0], again.model(ids)[0])

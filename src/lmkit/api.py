@@ -7,10 +7,12 @@ from typing import Iterator
 
 import torch
 
+from .beam import beam_search
 from .chat import PLAIN, check_messages
 from .errors import LmkitError
-from .generate import sampling_config, stream_pieces
+from .sampling import sampling_config
 from .runs import MODELS, Run, open_run
+from .textstream import stream_pieces
 from .tokenizer import Tokenizer
 
 
@@ -51,7 +53,7 @@ class LM:
     def generate(self, prompt: str | list[str] = "", num_samples: int = 1, **sampling) -> str | list[str]:
         """Continue `prompt`; returns the new text. A list of prompts (of any lengths) runs as one batch and
         returns a list; `num_samples` > 1 returns that many continuations per prompt (a list, or a list of
-        lists). Sampling options are the fields of `lmkit.generate.SamplingConfig`."""
+        lists). Sampling options are the fields of `lmkit.sampling.SamplingConfig`."""
         self._check_generates()
         cfg = sampling_config(**sampling)
         if num_samples < 1:
@@ -85,7 +87,6 @@ class LM:
     def beam_search(self, prompt: str = "", num_beams: int = 4, max_new_tokens: int = 50,
                     length_penalty: float = 1.0) -> str:
         """The most likely continuation found by beam search (for translation, summarisation)."""
-        from .beam import beam_search
         self._check_generates()
         ids = beam_search(self.model, self.encode_prompt(prompt), num_beams, max_new_tokens,
                           eos_id=self.tokenizer.eot_id, length_penalty=length_penalty)

@@ -150,7 +150,7 @@ class Hit:
 
 class Index:
     def __init__(self, path: str | Path, encoder: Encoder | None = None):
-        run = open_run(path, accept=("index",), purpose="search")
+        run = open_run(path, accept=("index",), purpose="search", what="search index (make one with lmkit embed)")
         self.path, self.meta = run.path, run.meta
         if encoder is not None and Path(encoder.path).resolve() != Path(self.meta["model"]).resolve():
             raise LmkitError(f"{self.path}: the index was built with {self.meta['model']}, "

@@ -53,13 +53,13 @@ def register(g: flags.Group) -> None:
 
 
 def run_import_hf(a) -> None:
-    from ..hf import import_hf
+    from ..runs.hf import import_hf
     out = import_hf(a.hf_dir, a.out_dir, overwrite=a.overwrite)
     print(f"imported {a.hf_dir} into {out}; try: lmkit generate {out} --prompt 'Hello'")
 
 
 def run_export_hf(a) -> None:
-    from ..hf import export_hf
+    from ..runs.hf_export import export_hf
     out = export_hf(a.run_dir, a.out_dir, a.format, overwrite=a.overwrite)
     print(f"exported {a.run_dir} to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 

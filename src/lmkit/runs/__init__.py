@@ -38,10 +38,11 @@ ENCODERS = ("bert",)
 
 
 def open_run(path: str | Path, accept=MODELS, families=None, purpose: str = "this command",
-             device: str = "cpu", hints: dict | None = None) -> Run:
+             device: str = "cpu", hints: dict | None = None, what: str = "run directory") -> Run:
     """Open the directory at `path` as a Run, refusing (LmkitError, one line) a kind or model family that
-    is not in `accept` / `families`. `hints` may replace the advice given for a refused kind or family."""
-    found = detect(path)
+    is not in `accept` / `families`. `hints` may replace the advice given for a refused kind or family;
+    `what` names the directory expected, in messages for a path that is none of lmkit's kinds."""
+    found = detect(path, what)
     if found.kind not in accept:
         raise LmkitError(refusal(found, purpose, hints, accept))
     if found.kind == "hf" and found.hf_id:

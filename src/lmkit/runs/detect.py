@@ -53,18 +53,18 @@ def read_json(f: Path) -> dict:
     return data
 
 
-def detect(path: str | Path) -> Found:
+def detect(path: str | Path, what: str = "run directory") -> Found:
     """The kind of directory at `path`; LmkitError (one line) for a missing path, an empty folder, a file,
     or a folder that holds none of lmkit's kinds."""
     if str(path).startswith("hf:"):
         return Found(Path(str(path)), "hf", hf_id=True)
     path = Path(path)
     if not path.exists():
-        raise LmkitError(f"{path}: no such run directory")
+        raise LmkitError(f"{path}: no such {what}")
     if not path.is_dir():
-        raise LmkitError(f"{path}: is a file, not a run directory")
+        raise LmkitError(f"{path}: is a file, not a {what}")
     if not any(path.iterdir()):
-        raise LmkitError(f"{path}: not a run directory (an empty folder)")
+        raise LmkitError(f"{path}: not a {what} (an empty folder)")
     if (path / "classifier.json").is_file():
         return Found(path, "classifier", "classifier", read_json(path / "classifier.json"))
     if (path / "meta.json").is_file() and (path / "vectors.npy").is_file():
@@ -72,7 +72,7 @@ def detect(path: str | Path) -> Found:
     if (path / "meta.json").is_file() and (path / "train.bin").is_file():
         return Found(path, "data", meta=read_json(path / "meta.json"))
     if not (path / "config.json").is_file():
-        raise LmkitError(f"{path}: not a run directory (no config.json)")
+        raise LmkitError(f"{path}: not a {what}" + (" (no config.json)" if what == "run directory" else ""))
     raw = read_json(path / "config.json")
     if "model_type" in raw:
         return Found(path, "hf", HF_FAMILIES.get(raw["model_type"], raw["model_type"]))

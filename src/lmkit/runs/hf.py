@@ -151,11 +151,11 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path
     """Write a Hugging Face checkpoint as an lmkit run directory (a BertForSequenceClassification: as a
     classifier directory). The renamed weights go straight to model.safetensors; the model is built on the
     meta device only to check names and shapes, so no second full copy is allocated."""
+    check_target(out, overwrite, source=src)  # before downloading or reading anything
     src = resolve_hub(src)
     found = detect(src)
     if found.kind != "hf":
         raise LmkitError(refusal(found, "import-hf", None, ("hf",)))
-    check_target(out, overwrite, source=src)  # before reading any weights
     hc, cfg = hf_config(src)
     if "BertForSequenceClassification" in (hc.get("architectures") or []):
         return import_bert_classifier(src, out, hc, cfg)

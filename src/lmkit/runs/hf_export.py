@@ -103,7 +103,8 @@ def classifier_files(run: Run) -> tuple[dict, dict, dict]:
     BERT table, the head as pooler dense (+ tanh) and classifier."""
     meta, clf = run.meta, run.model
     if meta["backbone"] != "bert" or meta["pooling"] != "cls":
-        raise LmkitError(f"export-hf: only BERT classifiers with [CLS] pooling have a Hugging Face form "
+        raise LmkitError(f"{run.path} is a text classifier; export-hf: only BERT classifiers with [CLS] pooling "
+                         f"have a Hugging Face form "
                          f"(this one: {meta['backbone']}, {meta['pooling']} pooling)")
     m = clf.backbone.config
     hc = bert_hf.config_to_hf(m)

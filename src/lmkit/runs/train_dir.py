@@ -76,8 +76,9 @@ def load_init(path: str | Path, cfg: ModelConfig, tokenizer: Tokenizer) -> torch
     one line: another kind of directory (int8, LoRA, ...), another tokenizer, other model settings, or weights
     that do not fit the run's own config (the tensor and both shapes named)."""
     run = open_run(path, accept=INIT_KINDS, families=("gpt", "lstm", "bert"), purpose="init_from")
+    what = f"init_from: {run.path} is {detect(run.path).describe()}"
     if run.tokenizer.hf.get_vocab() != tokenizer.hf.get_vocab():
-        raise LmkitError(f"init_from: {run.path / 'tokenizer.json'} is not the tokenizer of this run's data")
+        raise LmkitError(f"{what}, whose tokenizer.json is not the tokenizer of this run's data")
     if run.config.model != cfg:
-        raise LmkitError(f"init_from: {run.path} has other model settings ({differences(run.config.model, cfg)})")
+        raise LmkitError(f"{what} and has other model settings ({differences(run.config.model, cfg)})")
     return run.model.train()

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from ..config import Config, apply, load_config, load_json, parse_overrides, validate
 from ..errors import LmkitError
+from . import refusal
+from .detect import detect
 
 
 def training_config(config_path: str | Path | None, overrides: list[str] | None = None,
@@ -20,7 +22,20 @@ def training_config(config_path: str | Path | None, overrides: list[str] | None 
     out = flat.get("out_dir") or flat.get("train.out_dir")
     if not out:
         raise LmkitError("train --resume without a config needs --set out_dir=RUN_DIR")
-    saved = Path(out) / "config.json"
-    if not saved.is_file():
-        raise LmkitError(f"{out}: no run to resume (no config.json)")
-    return validate(apply(load_json(saved), flat, "--set"))
+    found = resumable(out)
+    return validate(apply(load_json(found.path / "config.json"), flat, "--set"))
+
+
+RESUME_HINTS = {"lora": "continue it with lmkit finetune sft --resume --out {path} (and its --base, --data)",
+                "classifier": "train it again with lmkit finetune classify --overwrite",
+                "merged": "train on from it with init_from = {path}", "int8": "resume the float run it came from"}
+
+
+def resumable(out: str | Path):
+    """The run in `out` if `train --resume` can continue it: a run (or pruned run) trained by lmkit train;
+    any other kind is refused in one line."""
+    found = detect(out)
+    if found.kind not in ("run", "pruned"):
+        hints = {k: v.format(path=found.path) for k, v in RESUME_HINTS.items()}
+        raise LmkitError(refusal(found, "train --resume", hints, ("run", "pruned")))
+    return found

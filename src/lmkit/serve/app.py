@@ -27,7 +27,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from ..api import load
 from ..errors import LmkitError
+from ..runs import CAUSAL
+from ..search import Encoder
 from .responses import ChoiceBuilder, chunk, completion_body
 from .scheduler import Scheduler
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields
@@ -245,12 +248,10 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           device: str = "cpu", max_batch: int = 32, encoder: str | None = None) -> None:
     """Load a run directory and serve it until Ctrl-C."""
-    import uvicorn
+    import uvicorn  # the server's own dependency, imported when a server starts
 
-    from ..api import load
-    lm = load(run_dir, device=device)
+    lm = load(run_dir, device=device, families=CAUSAL, purpose="serve")
     if encoder is not None:
-        from ..search import Encoder
         encoder = Encoder(encoder, max_len=512)
     app = create_app(lm, api_key=api_key, max_batch=max_batch, encoder=encoder)
     print(f"serving {run_dir} at http://{host}:{port}/  (chat page at /, OpenAI API at /v1, schema at /docs)",
