@@ -30,7 +30,7 @@ def make_base(out: Path, n_layer: int, n_embd: int, block_size: int) -> None:
     from lmkit.config import Config, save_json
     from lmkit.models import build_model
     from lmkit.tokenizer import Tokenizer
-    from lmkit.train.checkpoint import save_weights
+    from lmkit.runs.native import save_weights
     rows = json.loads(DATA.read_text(encoding="utf-8"))
     tok = Tokenizer.train([r["instruction"] + r["input"] + r["output"] for r in rows], kind="char")
     cfg = Config()

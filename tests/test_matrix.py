@@ -57,7 +57,6 @@ def kinds(tmp_path_factory):
     cfg = tiny_config(base / "bert", text, max_iters=2, eval_interval=2, objective="mlm")
     cfg.data.tokenizer, cfg.data.vocab_size, cfg.model.type = "wordpiece", 120, "bert"
     k["bert"] = train(cfg, progress=False).out_dir
-    quiet = io.StringIO()
     for name, argv in [
         ("hf-gpt2", ["export-hf", k["gpt"], base / "hf-gpt2"]),
         ("hf-bert", ["export-hf", k["bert"], base / "hf-bert"]),

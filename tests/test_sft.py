@@ -220,4 +220,4 @@ def test_sft_cli_errors(trained_run, tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     assert "missing.json: no such file" in capsys.readouterr().err
     assert main(["finetune", "merge", str(trained_run), str(tmp_path / "m")]) == 2
-    assert "not a LoRA run" in capsys.readouterr().err
+    assert "is an lmkit GPT run (made by lmkit train); finetune merge takes a LoRA run" in capsys.readouterr().err

@@ -67,6 +67,29 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(text_file, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_during_an_evaluation_resumes_exactly(text_file, tmp_path, monkeypatch):
+    # between steps (here: in the evaluation at step 10) the checkpoint holds the sampler/RNG state of now
+    configs = [tiny_config(tmp_path / d, text_file, max_iters=14) for d in ("a", "b")]
+    for c in configs:
+        c.model.dropout = 0.1  # the RNG state matters
+    straight = lmkit.train(configs[0], progress=False)
+    trainer = Trainer(configs[1], progress=False)
+    real_evaluate, calls = trainer.evaluate, {"n": 0}
+
+    def interrupting_evaluate():
+        calls["n"] += 1
+        if calls["n"] == 2:  # the evaluation at step 10
+            raise KeyboardInterrupt
+        return real_evaluate()
+
+    monkeypatch.setattr(trainer, "evaluate", interrupting_evaluate)
+    result = trainer.fit()
+    assert result.interrupted and result.step == 10
+    resumed = lmkit.train(configs[1], resume=True, progress=False)
+    a, b = _weights(straight.out_dir), _weights(resumed.out_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_time_budget_stops_evaluates_and_saves(text_file, tmp_path, capsys):
     cfg = tiny_config(tmp_path / "run", text_file, max_iters=10_000, max_minutes=1e-6)
     result = lmkit.train(cfg)

@@ -81,7 +81,7 @@ def register(g: flags.Group) -> None:
 def run_quickstart(a) -> None:
     from ..api import load
     from ..config import load_config
-    from ..train.checkpoint import holds_run
+    from ..runs.train_dir import holds_run
     from ..train.trainer import Trainer
     overrides = QUICKSTART + [f"out_dir={a.out}"] + ([] if a.max_iters is None else [f"max_iters={a.max_iters}"])
     cfg = load_config(None, overrides)

@@ -84,3 +84,33 @@ def detect(path: str | Path, what: str = "run directory") -> Found:
         if (path / marker).is_file():
             return Found(path, kind, family, read_json(path / marker))
     return Found(path, "run", family)
+
+
+ADVICE = {
+    "int8": "use the float run it came from{source}",
+    "lora": "merge its adapters first: lmkit finetune merge {path} OUT",
+    "classifier": "use lmkit predict {path} TEXT",
+    "index": "use lmkit search {path} QUERY",
+    "data": "train a model on it: lmkit train CONFIG --set data={path}",
+    "hf": "import it first: lmkit import-hf {path} OUT",
+}
+FAMILY_ADVICE = {
+    "bert": "a masked-LM encoder does not generate text: use lmkit fill-mask, embed or finetune classify",
+    "gpt": "a causal LM; this needs an encoder (a BERT run or Hugging Face BERT folder)",
+    "lstm": "a recurrent LM; this needs a Transformer",
+}
+
+
+def refusal(found: Found, purpose: str, hints: dict | None, accept, families=None) -> str:
+    """'runs/x is an int8 run (made by lmkit quantize); <purpose> needs ...: <advice>'."""
+    hints = hints or {}
+    what = found.describe()
+    if families is not None and found.kind in accept:
+        advice = hints.get(found.family) or FAMILY_ADVICE.get(found.family, "")
+        wanted = " or ".join(FAMILY_NAME.get(f, f) for f in families)
+        return f"{found.path} is {what}; {purpose} needs {wanted}" + (f" ({advice})" if advice else "")
+    advice = hints.get(found.kind) or ADVICE.get(found.kind, "")
+    source = found.meta.get("source")
+    advice = advice.format(path=found.path, source=f" ({source})" if source else "")
+    wanted = ", ".join(DESCRIPTION[k].split(" (")[0] for k in accept)
+    return f"{found.path} is {what}; {purpose} takes {wanted}" + (f": {advice}" if advice else "")

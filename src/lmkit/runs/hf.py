@@ -25,9 +25,8 @@ from ..models import bert_hf, build_model, gpt_hf
 from ..models.classifier import Classifier
 from ..models.hf_names import from_hf
 from ..tokenizer import Tokenizer
-from . import refusal
 from .classifier import save_classifier
-from .detect import detect, read_json
+from .detect import detect, read_json, refusal
 from .native import check_fit, fit_weights, save_native
 from .record import Run
 from .target import check_target, clear, holds_files

@@ -21,7 +21,7 @@ from ..errors import LmkitError
 from ..io import atomic_path, atomic_write_text
 from ..models import bert_hf, gpt_hf
 from ..models.hf_names import to_hf
-from . import FLOAT, open_run
+from .open import FLOAT, open_run
 from .record import Run
 from .target import check_target, clear, holds_files
 

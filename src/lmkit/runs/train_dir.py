@@ -15,8 +15,8 @@ import torch
 from ..config import Config, ModelConfig, load_json
 from ..errors import LmkitError
 from ..tokenizer import Tokenizer
-from . import open_run
-from .detect import detect
+from .open import open_run
+from .detect import detect, refusal
 from .target import clear
 
 INIT_KINDS = ("run", "pruned", "merged")  # what init_from (and grow) start from: float weights, no adapters
@@ -62,6 +62,23 @@ def check_resume(out: Path, cfg: Config) -> None:
     if saved != cfg.model:
         raise LmkitError(f"{out}: the model settings differ from the run being resumed "
                          f"({differences(saved, cfg.model)})")
+
+
+RESUME_HINTS = {"lora": "continue it with lmkit finetune sft --resume --out {path} (and its --base, --data)",
+                "classifier": "train it again with lmkit finetune classify --overwrite",
+                "merged": "train on from it with init_from = {path}", "int8": "resume the float run it came from"}
+
+
+def check_train_resume(out: str | Path) -> None:
+    """`lmkit train --resume` continues a run that `lmkit train` made (or a pruned run it fine-tuned); any
+    other kind is refused in one line (a LoRA run resumes through finetune sft; its state is checked by
+    check_resume like every run's)."""
+    if not Path(out).exists():
+        raise LmkitError(f"{out}: no run to resume (no such folder)")
+    found = detect(out)
+    if found.kind not in ("run", "pruned"):
+        hints = {k: v.format(path=found.path) for k, v in RESUME_HINTS.items()}
+        raise LmkitError(refusal(found, "train --resume", hints, ("run", "pruned")))
 
 
 def differences(theirs: ModelConfig, ours: ModelConfig, most: int = 3) -> str:

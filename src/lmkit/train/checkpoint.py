@@ -35,11 +35,3 @@ def load_train_state(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated zip / pickle data
         raise LmkitError(f"{path}: corrupt or truncated checkpoint ({str(e).splitlines()[0][:120]})")
-
-
-# Moved to the loading layer: import them from lmkit.runs.native / lmkit.runs.train_dir / lmkit.runs.target.
-# Kept importable here only until the importers elsewhere (cli/train.py, finetune/sft.py, compress.py, hf.py,
-# tests/test_hf.py, benchmarks/lora_vs_full.py) point there.
-from ..runs.native import load_weights, save_weights  # noqa: E402,F401
-from ..runs.target import clear as clear_run  # noqa: E402,F401
-from ..runs.train_dir import holds_run  # noqa: E402,F401
