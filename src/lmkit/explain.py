@@ -21,6 +21,7 @@ import torch
 from .errors import LmkitError
 from .io import atomic_path, atomic_write_text
 from .models.attention import record_attention
+from .viz import save_figure
 
 CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
              "Microsoft YaHei", "PingFang SC", "SimHei", "Arial Unicode MS"]
@@ -140,7 +141,6 @@ def embeddings_png(lm, out: str | Path, n_labels: int = 60) -> Path:
     ax.set_title(f"token embeddings, PCA ({'most frequent' if counts is not None else 'first'} {n_labels} labelled)")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    from .viz import save_figure
     return save_figure(fig, out)
 
 

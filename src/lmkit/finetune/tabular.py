@@ -6,12 +6,12 @@ first of LABEL_FIELDS (so GLUE SST-2's `sentence` / `label` are found by themsel
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LmkitError
+from .sft_data import read_rows as read_json_rows
 
 TEXT_FIELDS = ("text", "sentence", "review", "content", "document", "sentence1")
 LABEL_FIELDS = ("label", "labels", "sentiment", "class", "target", "category")
@@ -23,21 +23,16 @@ def read_rows(path: str | Path) -> tuple[list[str], list[dict]]:
     if not path.is_file():
         raise LmkitError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix == ".jsonl":  # the one JSON-rows reader (sft_data.py), then each row must be an object
+        numbered = read_json_rows(path)
+        for i, row in numbered:
+            if not isinstance(row, dict):
+                raise LmkitError(f"{path}: row {i} is not a JSON object")
+        rows = [row for _, row in numbered]
+        return list(dict.fromkeys(k for r in rows for k in r)), rows
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            if suffix == ".jsonl":
-                rows = []
-                for i, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            row = json.loads(line)
-                        except ValueError as e:
-                            raise LmkitError(f"{path}: row {i} is not valid JSON ({e})")
-                        if not isinstance(row, dict):
-                            raise LmkitError(f"{path}: row {i} is not a JSON object")
-                        rows.append(row)
-                columns = list(dict.fromkeys(k for r in rows for k in r))
-            elif suffix in (".csv", ".tsv"):
+            if suffix in (".csv", ".tsv"):
                 # SST-2 holds bare quotes inside sentences, so tsv is read without quote handling
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",",
                                         quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)

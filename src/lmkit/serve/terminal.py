@@ -21,9 +21,11 @@ def fit_turns(lm, messages: list[tuple[str, str]], min_reply: int) -> tuple[str,
         messages.pop(0)
 
 
-def chat(lm, input=input, out=sys.stdout, **sampling) -> None:
+def chat(lm, input=input, out=None, **sampling) -> None:
     """Converse until /quit or end of input; `sampling` options as for lm.generate (SamplingConfig's
-    defaults), the reply capped by the room left in the context."""
+    defaults), the reply capped by the room left in the context. `out` defaults to sys.stdout as it is
+    when called (not as it was at import)."""
+    out = out or sys.stdout
     max_new_tokens = sampling.pop("max_new_tokens", SAMPLING_DEFAULTS["max_new_tokens"])
     sampling_config(max_new_tokens=max_new_tokens, **sampling)  # a bad option fails before the first message
     messages: list[tuple[str, str]] = []

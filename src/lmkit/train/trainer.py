@@ -27,6 +27,7 @@ from ..errors import LmkitError
 from ..models import build_model
 from ..runs.native import load_weights, save_weights
 from ..runs.train_dir import load_init, open_train_dir
+from ..viz import plot_loss  # matplotlib itself is imported when the first plot is drawn
 from . import distributed
 from .checkpoint import load_train_state, save_train_state
 from .device import DTYPES, autocast_ctx, pick_device, resolve_dtype
@@ -219,7 +220,6 @@ class Trainer:
         elif final or not t.checkpoint_interval:
             self.checkpoint()
         if self.dist.is_main:
-            from ..viz import plot_loss  # matplotlib: imported when the first plot is drawn
             plot_loss(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
         self.log.restart_lap(self.tokens_seen)  # tokens/s counts training time only
 
