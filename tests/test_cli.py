@@ -74,7 +74,7 @@ def test_in_process_errors_return_nonzero(tmp_path, capsys):
 # argv that parses, with the handler it must reach
 COMMANDS = ["quickstart", "tokenizer", "prepare", "train", "grow", "plot", "generate", "chat", "fill-mask",
             "finetune", "predict", "evaluate", "explain", "import-hf", "export-hf", "quantize", "prune",
-            "export-onnx", "embed", "search", "serve"]
+            "export-onnx", "export-gguf", "embed", "search", "serve"]
 LEAVES = {
     "quickstart": [], "tokenizer train": ["d", "--out", "t.json"], "prepare": ["d", "--out", "o"], "train": ["c.toml"],
     "grow": ["r", "--n-layer", "2", "--out", "o"], "plot": ["r"], "generate": ["r"], "chat": ["r"],
@@ -82,6 +82,7 @@ LEAVES = {
     "finetune sft": ["--base", "r", "--data", "d", "--out", "o"], "finetune merge": ["r", "o"], "predict": ["r", "x"],
     "evaluate": ["r", "--data", "d"], "explain": ["r", "x"], "import-hf": ["h", "o"], "export-hf": ["r", "o"],
     "quantize": ["r", "--out", "o"], "prune": ["r", "--out", "o"], "export-onnx": ["r", "o.onnx"],
+    "export-gguf": ["r", "o.gguf"],
     "embed": ["--data", "d", "--out", "o"], "search": ["i", "q"], "serve": ["r"],
 }
 HEAVY = ("torch", "numpy", "transformers", "fastapi", "tokenizers", "safetensors")

@@ -176,3 +176,37 @@ def test_launcher_and_parallel_outside_torchrun(runs, tmp_path, capsys):
     # without torchrun `parallel` does not apply: one process trains, and says so
     lmkit.train(cfg, overrides=[f"out_dir={tmp_path / 'r'}", "parallel=fsdp", "max_iters=1"], progress=False)
     assert "parallel = 'fsdp' takes effect under torchrun" in capsys.readouterr().out
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_values_in_a_distributed_checkpoint_are_never_unpickled(runs, fsdp_run, tmp_path):
+    # a real FSDP checkpoint whose optimizer learning rate (a non-tensor value, stored as a pickle in a .distcp
+    # file) is replaced by a payload: resuming in one process refuses it in one line and runs nothing
+    import dataclasses
+    import io
+    import pickle
+    from lmkit.train.dcp_read import read_metadata
+    base, cfg, one = runs
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    shutil.copytree(fsdp_run[0], run)
+    assert json.loads((run / "config.json").read_text())["train"]["parallel"] == "fsdp"
+    md = read_metadata(run / "train_state")
+    index = next(i for i in md.storage_data if i.fqn == "optim.param_groups.0.lr")
+    info = md.storage_data[index]
+    buf = io.BytesIO()
+    torch.save(Payload(marker), buf)
+    data = run / "train_state" / info.relative_path
+    offset = data.stat().st_size
+    data.write_bytes(data.read_bytes() + buf.getvalue())
+    md.storage_data[index] = dataclasses.replace(info, offset=offset, length=len(buf.getvalue()))
+    (run / "train_state" / ".metadata").write_bytes(pickle.dumps(md))
+    with pytest.raises(lmkit.LmkitError, match="cannot read the distributed checkpoint .*lr holds more than plain"):
+        lmkit.train(cfg, resume=True, overrides=[f"out_dir={run}", "batch_size=4", "max_iters=30"], progress=False)
+    assert not marker.exists()

@@ -80,7 +80,8 @@ def kinds(tmp_path_factory):
                  "bag-of-embeddings", "--epochs", "1", "--vocab-size", "100", "--out", str(base / "classifier"),
                  "--quiet"]) == 0
     k["classifier"] = base / "classifier"
-    assert main(["embed", str(k["bert"]), "--data", str(text), "--out", str(base / "index")]) == 0
+    assert main(["embed", str(k["bert"]), "--data", str(text), "--chunk-tokens", "24", "--overlap", "4",
+                 "--out", str(base / "index")]) == 0
     k["index"] = base / "index"
     assert main(["prepare", str(text), "--out", str(base / "data"), "--tokenizer", "char"]) == 0
     k["data"] = base / "data"
@@ -119,7 +120,7 @@ def argv_for(command: str, path, k, out) -> list[str]:
                 "--set", "max_iters=1", "eval_interval=1", "batch_size=2", "--quiet"],
         "classify": ["finetune", "classify", "--base", p, "--train", str(k["_labels"]), "--eval",
                      str(k["_labels"]), "--epochs", "1", "--max-len", "16", "--out", str(out / "c"), "--quiet"],
-        "embed": ["embed", p, "--data", text, "--out", str(out / "i")],
+        "embed": ["embed", p, "--data", text, "--chunk-tokens", "24", "--overlap", "4", "--out", str(out / "i")],
         "init_from": ["train", str(k["_toml"]), "--set", f"init_from={p}", f"out_dir={out / 't'}", "--quiet"],
         "resume": ["train", "--resume", "--set", f"out_dir={p}", "max_iters=5", "--quiet"],
     }[command]
@@ -129,7 +130,7 @@ def argv_for(command: str, path, k, out) -> list[str]:
 def test_command_against_every_kind(command, kinds, tmp_path, monkeypatch, capsys):
     from lmkit.cli import main
     import uvicorn
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)  # serve: load and build the app, don't listen
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **kw: None)  # serve: load and build the app, don't listen
     failures = []
     for kind in KINDS:
         path = kinds[kind]

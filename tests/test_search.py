@@ -57,6 +57,21 @@ def test_each_mode_finds_the_right_document(index_dir, mode):
     assert hits[0].text == DOCS["poem.txt"][hits[0].start:hits[0].end]
 
 
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_k_is_checked_and_capped_by_the_index(index_dir, mode):
+    idx = search.Index(index_dir)
+    assert len(idx.search("bread", k=10**12, mode=mode)) == len(DOCS)  # no array of 10**12 is made
+    with pytest.raises(search.LmkitError, match="k must be an integer >= 1"):
+        idx.search("bread", k=0, mode=mode)
+
+
+def test_chunks_longer_than_the_encoder_reads_are_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("some text\n", encoding="utf-8")
+    with pytest.raises(search.LmkitError, match="--chunk-tokens 600 is more than .* reads \\(at most 510"):
+        search.build_index(str(tmp_path / "a.txt"), tmp_path / "idx", chunk_tokens=600, overlap=0, progress=False)
+    assert not (tmp_path / "idx").exists()
+
+
 def test_dense_beats_word_overlap_on_a_paraphrase(index_dir):
     idx = search.Index(index_dir)
     hit = idx.search("weather forecast: storms coming", k=1, mode="dense")[0]

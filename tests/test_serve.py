@@ -14,6 +14,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 import lmkit  # noqa: E402
 from lmkit.serve import create_app  # noqa: E402
+from lmkit.serve.protocol import uvicorn_config  # noqa: E402
 
 
 def free_port() -> int:
@@ -26,7 +27,7 @@ def free_port() -> int:
 def live_server(app):
     """Run `app` with uvicorn in a background thread; yield its base URL; stop it within seconds."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port))  # serve()'s own settings
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -154,6 +155,121 @@ def test_invalid_requests_get_openai_errors_and_the_server_keeps_serving(client,
     assert r.status_code == 413 and "larger than 20000 bytes" in r.json()["error"]["message"]
     assert httpx.get(base_url + "/v1/nothing").status_code == 404
     assert client.completions.create(model=model, prompt="To", max_tokens=2, temperature=0).choices[0].text
+
+
+def post_raw(url: str, body: bytes, **kw):
+    """POST bytes as they are: JSON escapes like "\ud800" reach the server unchanged."""
+    return httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30, **kw)
+
+
+def test_lone_surrogates_are_400_naming_the_field(base_url, lm):
+    model = lm.path.name
+    user = {"role": "user", "content": "To be"}
+    cases = [  # (endpoint, body with the surrogate, the param named)
+        ("completions", {"prompt": "To \ud800"}, "prompt"),
+        ("completions", {"prompt": ["To", "be\udfff"]}, "prompt[1]"),
+        ("completions", {"prompt": "To", "stop": "\ud800"}, "stop"),
+        ("completions", {"prompt": "To", "stop": ["a", "\udc00b"]}, "stop[1]"),
+        ("completions", {"prompt": "To", "user": "\ud800"}, "user"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
+        ("chat/completions", {"messages": [user, {"role": "user", "content": [{"type": "text", "text": "x\ud800"}]}]},
+         "messages[1].content[0].text"),
+        ("chat/completions", {"messages": [user], "stop": "\ud800"}, "stop"),
+        ("chat/completions", {"messages": [user], "metadata": {"k": "\ud800"}}, "metadata.k"),
+    ]
+    for endpoint, extra, param in cases:
+        for stream in (False, True):
+            body = json.dumps({"model": model, "max_tokens": 2, "stream": stream, **extra}).encode()
+            assert b"\\ud" in body or b"\\udc" in body or b"\\udf" in body  # sent as the JSON escape
+            r = post_raw(f"{base_url}/v1/{endpoint}", body)
+            assert r.status_code == 400, (endpoint, extra, r.text)
+            err = r.json()["error"]
+            assert err["param"] == param and err["type"] == "invalid_request_error" and err["code"] == "lone_surrogate"
+            assert param in err["message"] and "surrogate" in err["message"]
+    r = post_raw(f"{base_url}/v1/completions", json.dumps({"model": "\ud800", "prompt": "To"}).encode())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    pair = json.dumps({"model": model, "prompt": "To \U0001f600", "max_tokens": 2}).encode()  # a valid pair is text
+    assert b"\\ud83d\\ude00" in pair and post_raw(f"{base_url}/v1/completions", pair).status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_huge_headers_431(base_url, lm):
+    """Against the real uvicorn server with serve()'s settings (protocol.uvicorn_config)."""
+    def chunks():
+        for _ in range(30):  # 30 KB in 1 KB chunks, no Content-Length, over the fixture's 20 000 bytes
+            yield b" " * 1000
+    r = httpx.post(base_url + "/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    small = json.dumps({"model": lm.path.name, "prompt": "To", "max_tokens": 2}).encode()
+    r = httpx.post(base_url + "/v1/completions", content=iter([small[:10], small[10:]]),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 200  # a chunked body under the limit is read whole
+    for headers in ({"x-big": "a" * 200_000}, {f"x-h{i}": "b" * 100 for i in range(1000)}):
+        r = httpx.get(base_url + "/health", headers=headers, timeout=30)
+        assert r.status_code == 431, r.text
+        assert r.json()["error"]["code"] == "headers_too_large"
+    assert httpx.get(base_url + "/health", headers={"x-fine": "c" * 20_000}).status_code == 200
+    # a head arriving in pieces stops at h11's buffer limit (protocol.Protocol answers, then closes lingering:
+    # the client's remaining 200 KB are read and dropped, so it gets the answer, not a reset) ...
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000)
+        time.sleep(0.3)
+        s.sendall(b"a" * 200_000 + b"\r\n\r\n")
+        answer, deadline = b"", time.time() + 30
+        while time.time() < deadline and (data := s.recv(65536)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 431 ") and b'"code": "headers_too_large"' in answer, answer
+    # ... and one that arrives whole reaches the app, where errors.RequestLimits answers it
+    from fastapi.testclient import TestClient
+    r = TestClient(create_app(lm)).get("/health", headers={"x-big": "a" * 40_000})
+    assert r.status_code == 431 and r.json()["error"]["code"] == "headers_too_large"
+
+
+def test_unimplemented_fields_are_400_and_harmless_metadata_is_accepted(client, base_url, lm):
+    model = lm.path.name
+    msgs = [{"role": "user", "content": "To be"}]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    unsupported = [  # never silently dropped
+        ("chat/completions", {"tools": [tool]}, "tools"),
+        ("chat/completions", {"tool_choice": "required"}, "tool_choice"),
+        ("chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+        ("chat/completions", {"logit_bias": {"5": 10}}, "logit_bias"),
+        ("chat/completions", {"functions": [tool["function"]]}, "functions"),
+        ("chat/completions", {"function_call": {"name": "f"}}, "function_call"),
+        ("chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
+        ("chat/completions", {"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ("chat/completions", {"reasoning_effort": "low"}, "reasoning_effort"),
+        ("chat/completions", {"store": True}, "store"),
+        ("chat/completions", {"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages[0].name"),
+        ("chat/completions", {"stream": True, "stream_options": {"include_obfuscation": True}},
+         "stream_options.include_obfuscation"),
+        ("completions", {"logit_bias": {"5": 10}}, "logit_bias"),
+        ("completions", {"echo": True}, "echo"),
+        ("completions", {"best_of": 3}, "best_of"),
+        ("completions", {"suffix": "end"}, "suffix"),
+    ]
+    for endpoint, extra, param in unsupported:
+        base = {"prompt": "To"} if endpoint == "completions" else {"messages": msgs}
+        body = {"model": model, "max_tokens": 2, **base, **extra}
+        r = httpx.post(f"{base_url}/v1/{endpoint}", json=body)
+        assert r.status_code == 400, (extra, r.text)
+        err = r.json()["error"]
+        assert err["param"] == param and err["code"] == "unsupported_parameter" and "not supported" in err["message"]
+    for extra, param in [({"frobnicate": 1}, "frobnicate"), ({"max_new_tokens": 3}, "max_new_tokens"),
+                         ({"messages": [{"role": "user", "content": "hi", "mood": "x"}]}, "messages[0].mood")]:
+        r = httpx.post(f"{base_url}/v1/chat/completions", json={"model": model, "messages": msgs, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        assert r.json()["error"]["code"] == "unknown_parameter"
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(model=model, messages=msgs, tools=[tool])
+    # values that ask for nothing, metadata that changes no output, and nulls meaning the default are fine
+    greedy = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, temperature=0)
+    same = client.chat.completions.create(
+        model=model, messages=msgs, max_tokens=4, temperature=0, tools=[], tool_choice="none", logit_bias={}, n=1,
+        response_format={"type": "text"}, parallel_tool_calls=False, store=False, user="u1", metadata={"k": "v"},
+        prompt_cache_key="c", safety_identifier="s", extra_body={"top_p": None, "seed": None})
+    assert same.choices[0].message.content == greedy.choices[0].message.content
 
 
 def test_api_key_is_required(lm):

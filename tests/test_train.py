@@ -1,4 +1,7 @@
 import json
+import os
+import pickle
+import signal
 from pathlib import Path
 
 import pytest
@@ -7,9 +10,14 @@ from safetensors.torch import load_file
 
 import lmkit
 from lmkit import LmkitError
-from lmkit.config import load_config
+from lmkit.cli import main
+from lmkit.config import load_config, load_json as load_config_json
 from lmkit.data.batches import make_batches
 from lmkit.data.shards import open_split
+from lmkit.models import build_model
+from lmkit.train import distributed, trainer as trainer_module
+from lmkit.train.dcp_read import read_metadata
+from lmkit.train.optim import make_optimizer
 from lmkit.train.task import EVAL_SEED
 from lmkit.train.trainer import Trainer
 from conftest import tiny_config
@@ -181,3 +189,124 @@ def test_example_config_loads_with_nanogpt_names():
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
     assert (cfg.train.batch_size, cfg.train.learning_rate, cfg.train.max_iters, cfg.train.out_dir) == \
         (12, 1e-3, 600, "/tmp/r")
+
+
+class Payload:
+    """A pickle that, when unpickled, creates `marker` (a folder): code run from a file lmkit was handed."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _payload_run(text_file, tmp_path, parallel="none"):
+    """A trained run whose train_state.pt lacks `optimizer` (as under torchrun) and whose
+    train_state/.metadata is a pickle that would create a marker folder."""
+    cfg = tiny_config(tmp_path / "run", text_file, max_iters=2)
+    lmkit.train(cfg, progress=False)
+    run, marker = tmp_path / "run", tmp_path / "pwned"
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    del state["optimizer"], state["model"]
+    torch.save(state, run / "train_state.pt")
+    (run / "train_state").mkdir()
+    (run / "train_state" / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+    saved = json.loads((run / "config.json").read_text())
+    saved["train"]["parallel"] = parallel
+    (run / "config.json").write_text(json.dumps(saved))
+    return run, marker
+
+
+def _cli_resume(run, capsys) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    rc = main(["train", "--resume", "--quiet", "--set", f"out_dir={run}", "max_iters=4"])
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("parallel", ["none", "ddp"])
+def test_a_crafted_distributed_checkpoint_is_never_unpickled(text_file, tmp_path, capsys, parallel):
+    # parallel = none: the run's own config says one process, so train_state/ is not even read; ddp: it is read
+    # with the restricted unpickler, which refuses os.mkdir
+    run, marker = _payload_run(text_file, tmp_path, parallel)
+    rc, err = _cli_resume(run, capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert ("parallel = none" if parallel == "none" else "not a distributed checkpoint's metadata") in err[0]
+    assert not marker.exists()
+    model, cfg = build_model(load_config_json(run / "config.json").model), load_config_json(run / "config.json")
+    with pytest.raises(LmkitError):  # the loader itself, called directly
+        distributed.load_checkpoint(model, make_optimizer(model, cfg.train, "cpu"), run, 2)
+    with pytest.raises(LmkitError, match="posix.mkdir is not part of a checkpoint's metadata"):
+        read_metadata(run / "train_state")
+    assert not marker.exists()
+
+
+def test_a_crafted_train_state_is_never_unpickled(text_file, tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "run", text_file, max_iters=2)
+    lmkit.train(cfg, progress=False)
+    marker = tmp_path / "pwned"
+    torch.save({"step": 2, "payload": Payload(marker)}, tmp_path / "run" / "train_state.pt")
+    rc, err = _cli_resume(tmp_path / "run", capsys)
+    assert rc == 2 and len(err) == 1 and "lmkit never unpickles a file it is handed" in err[0], err
+    assert not marker.exists()
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_removes_the_folder_it_made(text_file, tmp_path, monkeypatch):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("ab\n" * 3, encoding="utf-8")
+    with pytest.raises(LmkitError, match="fewer than block_size"):  # fails while it reads the data
+        lmkit.train(tiny_config(tmp_path / "new" / "run", tiny), progress=False)
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"  # a folder that was there before is left as it is
+    mine.mkdir()
+    with pytest.raises(LmkitError):
+        lmkit.train(tiny_config(mine, tiny), progress=False)
+    assert mine.is_dir()
+
+    def failing_lr(step, cfg):
+        raise RuntimeError("boom")
+
+    # fails in the first step, after config, data, weights and the first evaluation, before the first checkpoint
+    monkeypatch.setattr(trainer_module, "lr_at", failing_lr)
+    with pytest.raises(RuntimeError, match="boom"):
+        lmkit.train(tiny_config(tmp_path / "run2", text_file, checkpoint_interval=5), progress=False)
+    assert not (tmp_path / "run2").exists()
+
+
+def test_temp_files_of_a_killed_write_go_at_the_next_start_and_only_they(text_file, tmp_path):
+    cfg = tiny_config(tmp_path / "run", text_file, max_iters=2)
+    lmkit.train(cfg, progress=False)
+    run = tmp_path / "run"
+    left = [".model.safetensors.a1b2c3d4.tmp", ".train_state.pt.x_y_z_12.tmp", ".loss.png.qwertyui.tmp"]
+    for name in left + [".notes.txt.abcdefgh.tmp", ".model.safetensors.mine"]:
+        (run / name).write_bytes(b"partial")
+    (run / ".data.k3j4h5g6").mkdir()
+    (run / ".train_state.tmp").mkdir()  # a distributed checkpoint being written, and one between its renames
+    (run / ".train_state.old").mkdir()
+    (run / ".train_state.old" / ".metadata").write_bytes(b"")
+    cfg.train.max_iters = 4
+    lmkit.train(cfg, resume=True, progress=False)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".model.safetensors.mine",
+                                                                              ".notes.txt.abcdefgh.tmp"]
+    assert (run / "train_state" / ".metadata").is_file()  # switched back (this run's state is train_state.pt)
+
+
+def test_ctrl_c_inside_the_optimizer_step_waits_for_it(text_file, tmp_path, monkeypatch):
+    # SIGINT while the weights change: the step, its counters and the optimizer state finish together
+    straight = lmkit.train(tiny_config(tmp_path / "a", text_file, max_iters=8), progress=False)
+    cfg = tiny_config(tmp_path / "b", text_file, max_iters=8)
+    trainer = Trainer(cfg, progress=False)
+    real_step, calls = trainer.optimizer.step, {"n": 0}
+
+    def interrupted_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives inside the step
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.optimizer, "step", interrupted_step)
+    result = trainer.fit()
+    assert result.interrupted and result.step == 5  # the step that was under way was completed
+    resumed = lmkit.train(cfg, resume=True, progress=False)
+    a, b = _weights(straight.out_dir), _weights(resumed.out_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)

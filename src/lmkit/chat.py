@@ -11,7 +11,10 @@ concatenation of its pieces: the ids a model is trained on are exactly those it 
 SFT trains only on the replies: the assistant's content and the <|end|> that closes it (the model learns
 to stop). A prompt for a reply ends with <|assistant|>; the reply stops at <|end|>.
 
-A run without chat_template.json (a pretrained base) gets plain-text role markers, one turn per
+A model with a Jinja chat template of its own (a Hugging Face folder's, or chat_template.jinja in a run
+imported from one) is prompted with that template instead: chat_jinja.py.
+
+A run with neither (a pretrained base) gets plain-text role markers, one turn per
 paragraph ("User: …\\n\\nAssistant:"), and stops where it starts to write the next user turn.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .chat_jinja import JINJA_FILE, load_hf_template, load_run_template
 from .errors import LmkitError
 from .io import atomic_write_text
 
@@ -92,11 +96,16 @@ PLAIN = ChatTemplate(system="System: ", user="User: ", assistant="Assistant: ", 
                      special=False)
 
 
-def load_template(run_dir: str | Path | None, tokenizer) -> ChatTemplate:
-    """The run's chat template (chat_template.json), or PLAIN when it has none."""
+def load_template(run_dir: str | Path | None, tokenizer):
+    """The run's chat template: lmkit's own (chat_template.json), else the model's Jinja template
+    (chat_template.jinja, or a Hugging Face folder's tokenizer_config.json: chat_jinja.py), else PLAIN."""
     path = Path(run_dir) / TEMPLATE_FILE if run_dir is not None else None
-    if path is None or not path.is_file():
+    if path is None:
         return PLAIN
+    if not path.is_file():
+        if (path.parent / JINJA_FILE).is_file():
+            return load_run_template(path.parent, tokenizer)
+        return load_hf_template(path.parent, tokenizer) or PLAIN
     try:
         t = ChatTemplate(**json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError) as e:

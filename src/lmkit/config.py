@@ -47,6 +47,15 @@ class ModelConfig:
     tie_embeddings: bool = True  # the output head shares the token-embedding matrix
     qk_norm: bool = False  # normalise each head's queries and keys (with `norm`) before the dot product
     logit_softcap: float = 0.0  # > 0: logits = cap · tanh(logits / cap) (Gemma 2); 0 = off
+    head_size: Optional[int] = None  # width of each q/k/v head; None = n_embd / n_head (Qwen3 sets its own)
+    qkv_bias: bool = False  # biases on the q/k/v projection even with bias = false (Qwen2)
+    sliding_window: Optional[int] = None  # each token sees at most this many tokens, itself included (Mistral)
+    # rope frequencies remapped for long contexts: llama3 = Llama 3.1's, with the four rope_* fields below
+    rope_scaling: Literal["none", "llama3"] = "none"
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 8192
     type_vocab_size: int = 2  # bert: segment (token type) embeddings, sentence A / B
     # where each block normalises: auto = as the family's paper (gpt: pre-LN, bert: post-LN);
     # bert with "pre" (x + Attn(LN(x)), a final LN) trains faster from scratch (Xiong et al., 2020)
@@ -55,7 +64,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def hidden_dim(self) -> int:
@@ -77,6 +86,8 @@ class DataConfig:
     vocab_size: int = 4096  # for tokenizer = "bpe" or "wordpiece"
     val_fraction: float = 0.1
     errors: Literal["strict", "replace"] = "strict"  # what to do with bytes that are not UTF-8
+    # drop a text file's leading byte-order mark and read CRLF / lone CR line ends as LF (false: keep them)
+    normalize_newlines: bool = True
 
 
 @dataclass
@@ -265,7 +276,17 @@ def validate(cfg: Config) -> Config:
 
     for name in ("block_size", "n_layer", "n_head", "n_embd"):
         need(getattr(m, name) > 0, f"model.{name} must be positive (got {getattr(m, name)})")
-    need(m.n_embd % m.n_head == 0, f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
+    need(m.head_size is not None or m.n_embd % m.n_head == 0,
+         f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head}), or head_size set")
+    need(m.type == "gpt" or (m.head_size, m.qkv_bias, m.sliding_window, m.rope_scaling) == (None, False, None, "none"),
+         "head_size, qkv_bias, sliding_window and rope_scaling are options of type = 'gpt'")
+    for name in ("head_size", "sliding_window"):  # optional: None = off
+        v = getattr(m, name)
+        need(v is None or v > 0, f"model.{name} must be positive (got {v})")
+    need(m.rope_scaling == "none" or (m.pos == "rope" and m.rope_factor > 0 and m.rope_original_context > 0
+                                      and 0 < m.rope_low_freq_factor < m.rope_high_freq_factor),
+         "rope_scaling = 'llama3' needs pos = 'rope', rope_factor > 0, rope_original_context > 0 and "
+         "0 < rope_low_freq_factor < rope_high_freq_factor")
     if m.n_kv_head is not None:
         need(m.n_kv_head > 0 and m.n_head % m.n_kv_head == 0,
              f"n_head ({m.n_head}) must be divisible by n_kv_head ({m.n_kv_head})")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import LmkitError
+from .evaluate.lm import check_counts
 from .io import atomic_path, atomic_write_text
 from .models.attention import record_attention
 from .viz import save_figure
@@ -53,6 +54,7 @@ def token_labels(tokenizer, ids: list[int]) -> list[str]:
 @torch.no_grad()
 def analyse(lm, text: str, top_k: int = 10) -> dict:
     """Tokens, surprisal, top-k next tokens and attention maps of `text` under the model."""
+    check_counts(top_k=top_k)
     tok, model = lm.tokenizer, lm.model
     body = tok.encode(text)
     if not body:
@@ -145,15 +147,19 @@ def embeddings_png(lm, out: str | Path, n_labels: int = 60) -> Path:
 
 
 def token_counts(lm) -> np.ndarray | None:
-    """Token frequencies from the run's own prepared data, when it has some."""
+    """Token frequencies from the run's own prepared data, when it has some that reads (they only choose
+    which tokens the map labels: a prepared folder that is gone or damaged means no counts, not an error)."""
     if lm.path is None:
         return None
     for data in (lm.path / "data", Path(lm.config.data.data)):
         f = data / "train.bin"
         if (data / "meta.json").is_file() and f.is_file():
-            meta = json.loads((data / "meta.json").read_text())
-            tokens = np.memmap(f, dtype=np.dtype(meta["dtype"]), mode="r")[:10_000_000]
-            return np.bincount(tokens, minlength=lm.model.wte.weight.size(0))[: lm.model.wte.weight.size(0)]
+            try:
+                meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+                tokens = np.memmap(f, dtype=np.dtype(meta["dtype"]), mode="r")[:10_000_000]
+                return np.bincount(tokens, minlength=lm.model.wte.weight.size(0))[: lm.model.wte.weight.size(0)]
+            except (OSError, ValueError, TypeError, KeyError):
+                return None
     return None
 
 

@@ -4,6 +4,7 @@ A crash or Ctrl-C mid-write leaves the old file in place, never a half-written o
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -14,18 +15,52 @@ from .errors import LmkitError
 
 
 @contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path in the target's folder; on success rename it to `path`."""
-    path = Path(path)
+def atomic_path(path: str | Path, fsync: bool = False):
+    """Yield a temporary path in the target's folder; on success rename it to `path`. `fsync`: flush the
+    file to disk before the rename and the folder after it (checkpoints: durable across a power loss too)."""
+    path = check_file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        if fsync:
+            sync(tmp)
         os.replace(tmp, path)
+        if fsync:
+            sync(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_file_target(path: str | Path) -> Path:
+    """`path` as a file lmkit may write, else LmkitError (one line naming it): refused when it is a folder,
+    when a folder above it is a file, or when the nearest existing folder is not writable. Checks only;
+    every single-file writer goes through atomic_path, which calls it, and commands call it before slow work."""
+    path = Path(path)
+    if path.is_dir():
+        raise LmkitError(f"{path}: is a folder; name a file to write")
+    parent = next(p for p in path.absolute().parents if p.exists())  # the root always exists
+    if not parent.is_dir():
+        raise LmkitError(f"{path}: cannot write it, {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LmkitError(f"{path}: cannot write in {parent} (permission denied)")
+    return path
+
+
+def sync(path: str | Path) -> None:
+    """fsync a file or (where the system allows it) a folder."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -64,3 +99,13 @@ def check_target(path: str | Path, overwrite: bool = False, source: str | Path |
     if holds_files(path) and not overwrite:
         raise LmkitError(f"{path}: folder is not empty (use --overwrite to replace it)")
     return path
+
+
+def read_json(f: Path) -> dict:
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LmkitError(f"{f}: corrupt, not valid JSON ({str(e).splitlines()[0][:120]})")
+    if not isinstance(data, dict):
+        raise LmkitError(f"{f}: corrupt, not a JSON object")
+    return data

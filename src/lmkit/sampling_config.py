@@ -7,6 +7,7 @@ This module imports nothing heavy (no torch), so the CLI can build its `--help` 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, fields
 
 from .errors import LmkitError
@@ -37,6 +38,10 @@ class SamplingConfig:
             raise LmkitError(f"{name} must be {rule} (got {getattr(self, name)!r})")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
             bad("max_new_tokens", "an integer >= 0")
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                bad(name, "a finite number")
         if self.temperature < 0:
             bad("temperature", ">= 0")
         if self.top_k is not None and self.top_k < 0:

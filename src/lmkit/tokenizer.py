@@ -3,13 +3,17 @@
 
 Byte-level BPE works on the UTF-8 bytes of the text, so encode -> decode gives back any text exactly,
 Chinese and emoji included. The character tokenizer has one token per character seen in training
-(plus specials); characters it never saw become <unk>. WordPiece lower-cases, splits on whitespace and
+(plus specials); characters it never saw become <unk>, with a warning on stderr (once per tokenizer,
+with the count) the first time that happens. WordPiece lower-cases, splits on whitespace and
 punctuation, and breaks each word into the longest known pieces ("playing" -> "play", "##ing"), with
 BERT's special tokens [PAD] [UNK] [CLS] [SEP] [MASK]; a BERT `vocab.txt` loads as well. All save as a
 standard `tokenizer.json`.
 """
 from __future__ import annotations
 
+import sys
+from collections import Counter
+from numbers import Integral
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -23,6 +27,9 @@ UNK = "<unk>"
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # what marks the end of a document: ours, then the names imported tokenizers use ([SEP] in BERT's)
 EOS_NAMES = (EOT, "</s>", "<|end_of_text|>", "<eos>", "[SEP]")
+# a sane maximum: the Rust trainers reserve room for vocab_size entries up front, so 10**10 would abort the
+# process out of memory; a corpus gives fewer tokens than asked and the trainers then simply stop early
+MAX_VOCAB = 1 << 20
 
 
 class Tokenizer:
@@ -33,21 +40,20 @@ class Tokenizer:
         self.eot_id = next((i for i in map(hf.token_to_id, EOS_NAMES) if i is not None), None)
         self.pad_id, self.cls_id, self.sep_id, self.mask_id = (hf.token_to_id(t) for t in
                                                                ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
+        # a char tokenizer's <unk>: encoding warns once when text maps to it (None: never checked)
+        self._unk_id = hf.token_to_id(UNK) if isinstance(hf.model, models.WordLevel) else None
 
     # ---- building ---------------------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4096,
               special_tokens: tuple[str, ...] = (EOT,), show_progress: bool = False) -> "Tokenizer":
+        if kind not in ("bpe", "wordpiece", "char"):
+            raise LmkitError(f"tokenizer: unknown type '{kind}' (use 'bpe', 'wordpiece' or 'char')")
+        _check_vocab_size(vocab_size, kind, len(special_tokens))
         if kind == "char":
             return cls._train_char(texts, special_tokens)
         if kind == "wordpiece":
             return cls._train_wordpiece(texts, vocab_size, show_progress)
-        if kind != "bpe":
-            raise LmkitError(f"tokenizer: unknown type '{kind}' (use 'bpe', 'wordpiece' or 'char')")
-        minimum = 256 + len(special_tokens)
-        if vocab_size < minimum:
-            raise LmkitError(f"tokenizer: vocab_size {vocab_size} is too small: byte-level BPE needs at least "
-                             f"{minimum} (256 bytes + {len(special_tokens)} special tokens)")
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
@@ -72,8 +78,6 @@ class Tokenizer:
 
     @classmethod
     def _train_wordpiece(cls, texts: Iterable[str], vocab_size: int, show_progress: bool) -> "Tokenizer":
-        if vocab_size < 100:
-            raise LmkitError(f"tokenizer: vocab_size {vocab_size} is too small for WordPiece (use >= 100)")
         hf = _bert_pipeline(HFTokenizer(models.WordPiece(unk_token="[UNK]")))
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS),
                                             show_progress=show_progress)
@@ -114,15 +118,51 @@ class Tokenizer:
         return "char" if isinstance(self.hf.model, models.WordLevel) else "bpe"
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        self._warn_unknown([text], [ids])
+        return ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Encode many texts at once; the Rust side spreads the work over all cores."""
         encode = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)  # fast: no offsets
-        return [e.ids for e in encode(texts, add_special_tokens=False)]
+        ids = [e.ids for e in encode(texts, add_special_tokens=False)]
+        self._warn_unknown(texts, ids)
+        return ids
+
+    def _warn_unknown(self, texts: list[str], ids: list[list[int]]) -> None:
+        """Once per tokenizer: how many characters of the text a char tokenizer has no token for (<unk>)."""
+        if self._unk_id is None or not any(self._unk_id in seq for seq in ids):
+            return
+        vocab = self.hf.get_vocab()
+        specials = [t.content for t in self.hf.get_added_tokens_decoder().values()]  # "<unk>" spelled out is one
+        for s in specials:
+            texts = [t.replace(s, "") for t in texts]
+        unknown = Counter(c for t in texts for c in t if c not in vocab)
+        if not unknown:
+            return
+        self._unk_id = None
+        n, shown = sum(unknown.values()), ", ".join(repr(c) for c, _ in unknown.most_common(5))
+        print(f"warning: {n} character{'s' * (n != 1)} ({len(unknown)} distinct: {shown}"
+              f"{', …' if len(unknown) > 5 else ''}) not in this char tokenizer's vocabulary became <unk>; "
+              "the model never saw them (warned once)", file=sys.stderr)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _check_vocab_size(vocab_size, kind: str, n_special: int) -> None:
+    """vocab_size within what the kind needs and MAX_VOCAB; a char tokenizer takes its size from the corpus
+    but still refuses a size that is no size at all."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, Integral):
+        raise LmkitError(f"tokenizer: vocab_size must be an integer (got {vocab_size!r})")
+    minimum = {"bpe": 256 + n_special, "wordpiece": 100, "char": 1}[kind]
+    if vocab_size < minimum:
+        need = {"bpe": f"byte-level BPE needs at least {minimum} (256 bytes + {n_special} special tokens)",
+                "wordpiece": "WordPiece needs at least 100", "char": "it must be at least 1"}[kind]
+        raise LmkitError(f"tokenizer: vocab_size {vocab_size} is too small: {need}")
+    if vocab_size > MAX_VOCAB:
+        raise LmkitError(f"tokenizer: vocab_size {vocab_size} is too large (at most {MAX_VOCAB:,}; a corpus gives "
+                         "far fewer tokens than that)")
 
 
 def _bert_pipeline(hf: HFTokenizer) -> HFTokenizer:

@@ -19,15 +19,35 @@ def save_figure(fig, out_png: str | Path) -> Path:
     return out_png
 
 
+def metric_records(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl, each a JSON object with a numeric step. A last line cut short (the
+    process was killed mid-write) is left out; any other bad line is an LmkitError naming file and line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise LmkitError(f"{path}: cannot read ({e.strerror})") from None
+    lines, recs = raw.split(b"\n"), []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except ValueError:
+            if n == len(lines):  # no newline after it: a partial write
+                break
+            raise LmkitError(f"{path}:{n}: corrupt metrics line (not JSON)") from None
+        if not (isinstance(rec, dict) and "step" in rec and all(
+                type(rec[k]) in (int, float) for k in ("step", "tokens", "loss", "val_loss") if k in rec)):
+            raise LmkitError(f"{path}:{n}: corrupt metrics line (needs a numeric step, and numeric losses)")
+        recs.append(rec)
+    return recs
+
+
 def read_metrics(path: str | Path) -> tuple[list, list]:
-    train, val = [], []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            train.append((rec["step"], rec["loss"]))
-        if "val_loss" in rec:
-            val.append((rec["step"], rec["val_loss"]))
-    return train, val
+    recs = metric_records(path)
+    return ([(r["step"], r["loss"]) for r in recs if "loss" in r],
+            [(r["step"], r["val_loss"]) for r in recs if "val_loss" in r])
 
 
 def plot_runs(runs: list[str | Path], out_png: str | Path) -> Path:
@@ -41,7 +61,7 @@ def plot_runs(runs: list[str | Path], out_png: str | Path) -> Path:
         f = Path(run) / "metrics.jsonl"
         if not f.is_file():
             raise LmkitError(f"{run}: no metrics.jsonl (not a training run directory)")
-        recs = [json.loads(l) for l in f.read_text(encoding="utf-8").splitlines() if l.strip()]
+        recs = metric_records(f)
         colour = f"C{i % 10}"
         for key, style, label in (("loss", "-", "train"), ("val_loss", "o--", "val")):
             pts = [(r["step"], r.get("tokens", 0), r[key]) for r in recs if key in r]

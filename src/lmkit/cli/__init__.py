@@ -20,7 +20,7 @@ GROUPS = [
     ("generate: run a model on text", generate),
     ("fine-tune: classifiers, chat models, LoRA", finetune),
     ("evaluate: scores and pictures of a model", evaluate),
-    ("convert: Hugging Face, int8, pruning, ONNX", convert),
+    ("convert: Hugging Face, GGUF, int8, pruning, ONNX", convert),
     ("search: embeddings and semantic search", search),
     ("serve: an OpenAI-compatible HTTP API", serve),
 ]
@@ -57,6 +57,7 @@ def _listing(groups: list[flags.Group]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        flags.check_numbers(args)  # every numeric flag within its declared range, before any work
         return args.run(args) or 0
     except LmkitError as e:
         print(f"error: {e}", file=sys.stderr)

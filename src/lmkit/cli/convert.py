@@ -1,8 +1,11 @@
-"""Commands that write a model in another form: import-hf, export-hf, quantize, prune, export-onnx."""
+"""Commands that write a model in another form: import-hf, export-hf, quantize, prune, export-onnx, export-gguf."""
 # Handlers import the library when they run, so that `lmkit --help` and flag errors never load torch.
 from __future__ import annotations
 
 from . import flags
+
+# export-hf's formats, as in models/gpt_hf.py FORMATS (+ bert); tests/test_hf_families.py checks they agree
+EXPORT_FORMATS = ["auto", "gpt2", "llama", "qwen2", "qwen3", "mistral", "bert"]
 
 
 def register(g: flags.Group) -> None:
@@ -19,7 +22,7 @@ def register(g: flags.Group) -> None:
                   "transformers' AutoModelForCausalLM / AutoTokenizer load.")
     p.add_argument("run_dir", help=flags.TRAINED_RUN)
     p.add_argument("out_dir", help="folder to write")
-    p.add_argument("--format", choices=["auto", "gpt2", "llama", "bert"], default="auto",
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="auto",
                    help="auto picks the format that holds the model's options (default)")
     flags.overwrite(p, "write into a non-empty folder")
 
@@ -36,9 +39,11 @@ def register(g: flags.Group) -> None:
                   "Zero the smallest-magnitude weights of each block matrix (or drop whole MLP hidden units "
                   "with --structured), then optionally fine-tune briefly to recover.")
     p.add_argument("run_dir")
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction to remove (default 0.5)")
+    flags.number(p, "--sparsity", type=float, lo=0, hi=1, lo_open=True, hi_open=True, default=0.5,
+                 help="fraction to remove (default 0.5)")
     p.add_argument("--structured", action="store_true", help="drop whole MLP hidden units (smaller, faster matrices)")
-    p.add_argument("--finetune-iters", type=int, default=0, help="recovery fine-tuning steps on the run's data (default 0)")
+    flags.number(p, "--finetune-iters", lo=0, default=0,
+                 help="recovery fine-tuning steps on the run's data (default 0)")
     p.add_argument("--out", required=True, help="output run directory")
     flags.overwrite(p)
 
@@ -50,6 +55,16 @@ def register(g: flags.Group) -> None:
     p.add_argument("run_dir")
     p.add_argument("out", help="output .onnx file")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
+    p = g.command("export-gguf", run_export_gguf, "write a Llama-style run as one GGUF file for llama.cpp / Ollama",
+                  "Write the model (llama architecture metadata, byte-level BPE tokenizer, chat template, "
+                  "tensors under llama.cpp's names) as a .gguf file, in float16 or quantized with the gguf "
+                  "package (pip install 'lmkit[gguf]').")
+    p.add_argument("run_dir", help="a Llama-style run (pos = rope, norm = rmsnorm, mlp = swiglu) or HF folder")
+    p.add_argument("out", help="output .gguf file")
+    p.add_argument("--type", choices=["f16", "q8_0", "q4_0"], default="f16",
+                   help="f16 (default), q8_0 or q4_0 (blocks of 32 weights with one scale)")
+    flags.overwrite(p, "replace an existing file")
 
 
 def run_import_hf(a) -> None:
@@ -82,9 +97,18 @@ def run_prune(a) -> None:
 def run_export_onnx(a) -> None:
     from ..api import load
     from ..compress import export_onnx
+    from ..io import check_file_target
     from ..runs import FLOAT
+    check_file_target(a.out)  # before the slow export
     r = export_onnx(load(a.run_dir, accept=FLOAT, purpose="export-onnx"), a.out, check=not a.no_check)
     msg = f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB)"
     if "max_abs_diff" in r:
         msg += f"; onnxruntime vs lmkit: max |Δ {r['output']}| = {r['max_abs_diff']:.2e}"
     print(msg)
+
+
+def run_export_gguf(a) -> None:
+    from ..runs.gguf import export_gguf
+    r = export_gguf(a.run_dir, a.out, a.type, overwrite=a.overwrite)
+    print(f"wrote {r['path']} ({r['bytes'] / 1e6:.2f} MB, {r['type']}, {len(r['tensors'])} tensors, "
+          f"vocab {r['vocab']}); try: llama-cli -m {r['path']} -p 'Hello'")

@@ -17,26 +17,30 @@ def register(g: flags.Group) -> None:
     p.add_argument("run_dir", help=MODEL_DIR)
     p.add_argument("--data", required=True, help="file, folder, glob, .jsonl or built-in corpus to score")
     flags.text_field(p)
-    p.add_argument("--max-tokens", type=int, default=None, help="stop after about this many tokens")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    flags.number(p, "--max-tokens", lo=1, default=None, help="stop after about this many tokens")
+    flags.number(p, "--batch-size", lo=1, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT.json", help="also write the scores as JSON")
     flags.errors(p)
     p.add_argument("--task", choices=["qa", "summarization", "translation"], default=None,
                    help="score generated answers instead of perplexity: qa (exact match, token F1), summarization "
                         "(ROUGE-1/2/L), translation (BLEU, chrF); --data is then a .json/.jsonl of rows")
-    p.add_argument("--limit", type=int, default=0, help="--task: score only the first N rows (default all)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="--task: longest answer (default per task)")
+    flags.number(p, "--limit", lo=0, default=0, help="--task: score only the first N rows (default all)")
+    flags.number(p, "--max-new-tokens", lo=1, default=None, help="--task: longest answer (default per task)")
 
     p = g.command("explain", run_explain, "an HTML page of surprisal, next-token choices and attention maps",
                   "lmkit explain RUN \"text\" --out page.html   or   lmkit explain --embeddings RUN")
     p.add_argument("run_dir", help=MODEL_DIR)
     p.add_argument("text", nargs="?", default=None, help="the text to look at")
     p.add_argument("--out", default=None, help="output page (default explain.html; embeddings.png with --embeddings)")
-    p.add_argument("--top-k", type=int, default=10, help="next-token candidates shown per position (default 10)")
+    flags.number(p, "--top-k", lo=1, default=10, help="next-token candidates shown per position (default 10)")
     p.add_argument("--embeddings", action="store_true", help="plot the token embeddings (PCA) instead")
 
 
 def run_evaluate(a) -> None:
+    from ..io import check_file_target
+    out = a.json_out or (f"eval_{a.task}.json" if a.task else None)
+    if out:
+        check_file_target(out)  # before the work
     if a.task:
         return _evaluate_task(a)
     from ..api import load
@@ -63,8 +67,6 @@ def run_evaluate(a) -> None:
 
 def _evaluate_task(a) -> None:
     from ..evaluate.tasks import evaluate_task, format_table
-    if a.limit < 0:
-        raise LmkitError(f"--limit must be >= 0 (got {a.limit})")
     r = evaluate_task(a.run_dir, a.task, a.data, limit=a.limit, max_new_tokens=a.max_new_tokens,
                       batch_size=a.batch_size)
     print(format_table(r))
@@ -80,8 +82,10 @@ def _write_json(path: str, scores: dict) -> None:
 def run_explain(a) -> None:
     from ..api import load
     from ..explain import embeddings_png, write_page
+    from ..io import check_file_target
     if not a.embeddings and not a.text:
         raise LmkitError("explain: give the text to look at, or --embeddings")
+    check_file_target(a.out or ("embeddings.png" if a.embeddings else "explain.html"))
     lm = load(a.run_dir, purpose="explain")
     if a.embeddings:
         print(f"wrote {embeddings_png(lm, a.out or 'embeddings.png')}")

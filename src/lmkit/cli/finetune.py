@@ -2,6 +2,7 @@
 # Handlers import the library when they run, so that `lmkit --help` and flag errors never load torch.
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import LmkitError
@@ -48,19 +49,21 @@ def _classify_flags(f) -> None:
     src.add_argument("--model", choices=["bag-of-embeddings", "lstm", "gpt", "bert"], help="train this model from scratch")
     f.add_argument("--text-field", help="column holding the text (default: found: text, sentence, review, …)")
     f.add_argument("--label-field", help="column holding the label (default: found: label, sentiment, class, …)")
-    f.add_argument("--epochs", type=int, default=3, help="passes over the training file (default 3)")
-    f.add_argument("--batch-size", type=int, default=32, help="texts per step (default 32)")
-    f.add_argument("--learning-rate", type=float, help="peak learning rate (default 5e-5 with --base, 1e-3 fresh)")
-    f.add_argument("--max-len", type=int, default=128, help="tokens per text; longer ones are truncated (default 128)")
+    flags.number(f, "--epochs", lo=1, default=3, help="passes over the training file (default 3)")
+    flags.number(f, "--batch-size", lo=1, default=32, help="texts per step (default 32)")
+    flags.number(f, "--learning-rate", type=float, lo=0, lo_open=True,
+                 help="peak learning rate (default 5e-5 with --base, 1e-3 fresh)")
+    flags.number(f, "--max-len", lo=3, hi=flags.MAX_LEN, default=128,
+                 help="tokens per text; longer ones are truncated (default 128)")
     f.add_argument("--pooling", choices=["cls", "mean", "last"], help="default mean for encoders, last for gpt/lstm")
-    f.add_argument("--n-layer", type=int, default=2, help="fresh model: layers (default 2)")
-    f.add_argument("--n-embd", type=int, default=128, help="fresh model: width (default 128)")
-    f.add_argument("--n-head", type=int, default=4, help="fresh model: attention heads (default 4)")
-    f.add_argument("--vocab-size", type=int, default=8000, help="fresh model: WordPiece vocabulary (default 8000)")
-    f.add_argument("--limit", type=int, default=0, help="train on a random subset of this many rows (default all)")
-    f.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (default: per epoch)")
-    f.add_argument("--max-minutes", type=float, default=0, help="stop training after this many minutes")
-    f.add_argument("--seed", type=int, default=1337)
+    flags.number(f, "--n-layer", lo=1, hi=flags.MAX_LAYERS, default=2, help="fresh model: layers (default 2)")
+    flags.number(f, "--n-embd", lo=1, hi=flags.MAX_WIDTH, default=128, help="fresh model: width (default 128)")
+    flags.number(f, "--n-head", lo=1, hi=flags.MAX_HEADS, default=4, help="fresh model: attention heads (default 4)")
+    flags.number(f, "--vocab-size", lo=1, default=8000, help="fresh model: WordPiece vocabulary (default 8000)")
+    flags.number(f, "--limit", lo=0, default=0, help="train on a random subset of this many rows (default all)")
+    flags.number(f, "--eval-every", lo=0, default=0, help="also evaluate every N steps (default: per epoch)")
+    flags.number(f, "--max-minutes", type=float, lo=0, default=0, help="stop training after this many minutes")
+    flags.seed(f, default=1337)
     flags.device(f)
     flags.overwrite(f, "replace a classifier already in --out")
     flags.quiet(f)
@@ -70,12 +73,14 @@ def _sft_flags(f) -> None:
     f.add_argument("--base", required=True, help="lmkit run directory or Hugging Face model folder to start from")
     f.add_argument("--data", required=True, help=".json (a list of rows) or .jsonl")
     f.add_argument("--out", required=True, help="output run directory")
-    f.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank only (default 0: "
+    flags.number(f, "--lora-rank", lo=0, default=0, help="train LoRA adapters of this rank only (default 0: "
                    "full fine-tuning)")
-    f.add_argument("--lora-alpha", type=float, default=0.0, help="LoRA scale alpha (update × alpha/rank; default 2 × rank)")
+    flags.number(f, "--lora-alpha", type=float, lo=0, default=0.0,
+                 help="LoRA scale alpha (update × alpha/rank; default 2 × rank)")
     f.add_argument("--lora-targets", nargs="+", default=None, metavar="NAME",
                    help="Linear modules to adapt, by name suffix (default: attn.qkv attn.proj mlp.fc mlp.proj)")
-    f.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input (default 0)")
+    flags.number(f, "--lora-dropout", type=float, lo=0, hi=1, hi_open=True, default=0.0,
+                 help="dropout on the adapters' input (default 0)")
     f.add_argument("--too-long", choices=["drop", "truncate"], default="drop",
                    help="conversations longer than the context: drop them (default) or keep their beginning")
     flags.overrides(f, "training settings, e.g. --set max_iters=300 learning_rate=2e-4 batch_size=8")
@@ -86,8 +91,25 @@ def _sft_flags(f) -> None:
     flags.quiet(f)
 
 
+def _check_fresh_size(a) -> None:
+    """A fresh model (--model) whose float32 weights, gradients and AdamW moments (16 bytes a parameter)
+    would not fit in this machine's memory is refused before anything is allocated."""
+    params = (a.vocab_size + a.max_len) * a.n_embd + a.n_layer * 12 * a.n_embd ** 2  # a Transformer at most
+    need = 16 * params
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+        return
+    if need > have:
+        raise LmkitError(f"--n-layer {a.n_layer} --n-embd {a.n_embd} --vocab-size {a.vocab_size}: a fresh model of "
+                         f"about {params / 1e9:.1f}B parameters needs ~{need / 2**30:,.0f} GiB to train, more than "
+                         f"this machine's {have / 2**30:,.0f} GiB")
+
+
 def run_classify(a) -> None:
     from ..finetune.fit import ClassifyConfig, finetune_classify
+    if a.model:
+        _check_fresh_size(a)
     c = ClassifyConfig(train=a.train, eval=a.eval, out=a.out, base=a.base, model=a.model, text_field=a.text_field,
                        label_field=a.label_field, epochs=a.epochs, batch_size=a.batch_size,
                        learning_rate=a.learning_rate, max_len=a.max_len, pooling=a.pooling, n_layer=a.n_layer,
@@ -102,10 +124,6 @@ def run_classify(a) -> None:
 
 def run_sft(a) -> int:
     from ..finetune.sft import SFTConfig, finetune_sft
-    if a.lora_rank < 0:
-        raise LmkitError(f"--lora-rank must be >= 0 (got {a.lora_rank})")
-    if not 0 <= a.lora_dropout < 1:
-        raise LmkitError(f"--lora-dropout must be in [0, 1) (got {a.lora_dropout})")
     if (a.lora_alpha or a.lora_targets or a.merge) and not a.lora_rank:
         raise LmkitError("--lora-alpha, --lora-targets and --merge need --lora-rank R (LoRA)")
     targets = {"lora_targets": tuple(a.lora_targets)} if a.lora_targets else {}  # else SFTConfig's default
@@ -130,9 +148,11 @@ def run_predict(a) -> None:
     import json
     from ..finetune.classify import load_classifier
     from ..finetune.tabular import read_labeled
-    from ..io import atomic_write_text
+    from ..io import atomic_write_text, check_file_target
     if (a.text is None) == (a.file is None):
         raise LmkitError("predict: give a TEXT or --file FILE (not both)")
+    if a.out:
+        check_file_target(a.out)
     clf = load_classifier(a.run_dir)
     if a.text is not None:
         label, p = clf.predict(a.text)

@@ -30,7 +30,7 @@ def register(g: flags.Group) -> None:
                   "Continue a prompt with a trained model, streaming the text as it comes.")
     p.add_argument("run_dir", help=flags.TRAINED_RUN)
     p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
-    p.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
+    flags.number(p, "--num-samples", lo=1, default=1, help="how many continuations (default 1)")
     flags.device(p)
     p.add_argument("--chat", action="store_true", help="the prompt is a user message: answer it through the "
                    "run's chat template (the reply stops at the end of the assistant's turn)")
@@ -39,7 +39,7 @@ def register(g: flags.Group) -> None:
                    help="stop before this text (repeatable)")
     p.add_argument("--truncate", action="store_true", default=SAMPLING_DEFAULTS["truncate"],
                    help="a prompt longer than the context keeps its last tokens")
-    p.add_argument("--beams", type=int, default=0, help="beam search with this many beams instead of sampling")
+    flags.number(p, "--beams", lo=0, default=0, help="beam search with this many beams instead of sampling")
 
     p = g.command("chat", run_chat, "chat with a run in the terminal, replies streamed",
                   "A terminal conversation with RUN_DIR; /reset starts over, /quit leaves.")
@@ -51,7 +51,7 @@ def register(g: flags.Group) -> None:
                   "Print the top-k tokens, with probabilities, for each [MASK] in TEXT.")
     p.add_argument("run_dir", help="run directory of a BERT model (model.type = bert, objective = mlm)")
     p.add_argument("text", help='text with one or more [MASK], e.g. "The capital of France is [MASK]."')
-    p.add_argument("--top-k", type=int, default=5, help="how many candidates per [MASK] (default 5)")
+    flags.number(p, "--top-k", lo=1, default=5, help="how many candidates per [MASK] (default 5)")
     flags.device(p)
 
 
@@ -59,7 +59,7 @@ def _sampling_flags(p, table) -> None:
     for name, type_, help in table:
         default = SAMPLING_DEFAULTS[name]
         shown = "off" if default is None else f"{default:g}" if isinstance(default, float) else str(default)
-        p.add_argument(FLAG[name], type=type_, default=default, help=help.format(shown))
+        flags.number(p, FLAG[name], type=type_, default=default, help=help.format(shown))
 
 
 def sampling_options(a) -> dict:
@@ -79,8 +79,6 @@ def run_generate(a) -> None:
     from ..api import load
     from ..runs import CAUSAL
     sampling = sampling_options(a)
-    if a.num_samples < 1:
-        raise LmkitError(f"--num-samples must be >= 1 (got {a.num_samples})")
     lm = load(a.run_dir, device=a.device, families=CAUSAL, purpose="generate")
     prompt, shown = a.prompt, a.prompt
     if a.chat:  # the run's chat template, as `lmkit chat` and the server use it
@@ -110,8 +108,6 @@ def run_chat(a) -> None:
 def run_fill_mask(a) -> None:
     from ..api import load
     from ..runs import ENCODERS
-    if a.top_k < 1:
-        raise LmkitError(f"--top-k must be >= 1 (got {a.top_k})")
     lm = load(a.run_dir, device=a.device, families=ENCODERS, purpose="fill-mask")
     for i, candidates in enumerate(lm.fill_mask(a.text, a.top_k)):
         print(f"[MASK] #{i + 1}:")

@@ -2,7 +2,6 @@
 # Handlers import the library when they run, so that `lmkit --help` and flag errors never load torch.
 from __future__ import annotations
 
-from ..errors import LmkitError
 from . import flags
 
 
@@ -16,8 +15,8 @@ def register(g: flags.Group) -> None:
     p.add_argument("--data", required=True, help="file, folder, glob or .jsonl of documents")
     p.add_argument("--out", required=True, help="index folder to write")
     flags.text_field(p)
-    p.add_argument("--chunk-tokens", type=int, default=200, help="tokens per chunk (default 200)")
-    p.add_argument("--overlap", type=int, default=40, help="tokens shared by neighbouring chunks (default 40)")
+    flags.number(p, "--chunk-tokens", lo=8, default=200, help="tokens per chunk (default 200)")
+    flags.number(p, "--overlap", lo=0, default=40, help="tokens shared by neighbouring chunks (default 40)")
     flags.errors(p)
     flags.overwrite(p)
 
@@ -25,7 +24,7 @@ def register(g: flags.Group) -> None:
                   "Top-k chunks with scores and sources: dense (cosine), BM25, or hybrid (default).")
     p.add_argument("index", help="index folder written by lmkit embed")
     p.add_argument("query")
-    p.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    flags.number(p, "-k", lo=1, default=5, help="how many results (default 5)")
     p.add_argument("--model", default=None, help="the encoder to query with (default: the one the index was built "
                                                  "with; another one is refused)")
     p.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid",
@@ -43,8 +42,6 @@ def run_embed(a) -> None:
 
 def run_search(a) -> None:
     from ..search import Encoder, Index
-    if a.k < 1:
-        raise LmkitError(f"-k must be >= 1 (got {a.k})")
     encoder = None if a.model is None else Encoder(a.model)
     for rank, hit in enumerate(Index(a.index, encoder).search(a.query, a.k, a.mode), 1):
         text = " ".join(hit.text.split())

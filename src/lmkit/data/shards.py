@@ -56,34 +56,41 @@ def _batches(pieces: Iterator[tuple[str, str]]) -> Iterator[list[tuple[str, str]
 
 
 def build_tokenizer(spec: str, data: str, text_field: str = "text", errors: str = "strict",
-                    vocab_size: int = 4096, progress: bool = True) -> Tokenizer:
+                    vocab_size: int = 4096, progress: bool = True, normalize_newlines: bool = True) -> Tokenizer:
     """The tokenizer for a corpus: spec 'bpe', 'wordpiece' or 'char' trains one on `data` (saying so first
-    when `progress`, with the trainer's bar on a terminal); any other spec is a tokenizer.json / vocab.txt
-    path to load."""
+    when `progress`, with the trainer's bar on a terminal, and saying when the corpus gives fewer tokens than
+    vocab_size); any other spec is a tokenizer.json / vocab.txt path to load. vocab_size is checked (within
+    what the type needs and tokenizer.MAX_VOCAB) before the corpus is read."""
     if spec not in TRAINED_HERE:
         return Tokenizer.load(spec)
     if progress:
         print(f"training a {spec} tokenizer on {data} …", flush=True)
-    return Tokenizer.train((t for _, t in iter_documents(data, text_field, errors)), kind=spec,
-                           vocab_size=vocab_size, show_progress=progress and sys.stderr.isatty())
+    tok = Tokenizer.train((t for _, t in iter_documents(data, text_field, errors, normalize_newlines)), kind=spec,
+                          vocab_size=vocab_size, show_progress=progress and sys.stderr.isatty())
+    if progress and spec != "char" and tok.vocab_size < vocab_size:
+        print(f"note: {data} gives {tok.vocab_size:,} tokens, fewer than vocab_size {vocab_size:,}", file=sys.stderr)
+    return tok
 
 
 def prepare(source: str, out_dir: str | Path, tokenizer: Tokenizer, val_fraction: float = 0.1,
             text_field: str = "text", errors: str = "strict", overwrite: bool = False,
-            progress: bool = True) -> dict:
-    """Tokenize `source` into `out_dir`; returns the meta dict. Writes to a temp folder, then renames."""
+            progress: bool = True, normalize_newlines: bool = True) -> dict:
+    """Tokenize `source` into `out_dir`; returns the meta dict. Writes to a temp folder, then renames.
+    `normalize_newlines`: drop a leading BOM and read CRLF / CR as LF (see data.sources)."""
+    if not 0 < val_fraction < 1:
+        raise LmkitError(f"val_fraction must be in (0, 1) (got {val_fraction})")
     out_dir = check_target(out_dir, overwrite)
     if tokenizer.eot_id is None:
         raise LmkitError("tokenizer has no <|endoftext|> token to separate documents")
     dtype = dtype_for(tokenizer.vocab_size)
     with atomic_dir(out_dir) as tmp:
-        meta = _write(source, tmp, tokenizer, dtype, val_fraction, text_field, errors, progress)
+        meta = _write(source, tmp, tokenizer, dtype, val_fraction, text_field, errors, progress, normalize_newlines)
         tokenizer.save(tmp / "tokenizer.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return meta
 
 
-def _write(source, tmp: Path, tok: Tokenizer, dtype, val_fraction, text_field, errors, progress) -> dict:
+def _write(source, tmp: Path, tok: Tokenizer, dtype, val_fraction, text_field, errors, progress, normalize) -> dict:
     eot = np.array([tok.eot_id], dtype=dtype)
     files = {"train": open(tmp / "train.bin", "wb"), "val": open(tmp / "val.bin", "wb")}
     counts = {"train": 0, "val": 0}
@@ -91,7 +98,7 @@ def _write(source, tmp: Path, tok: Tokenizer, dtype, val_fraction, text_field, e
     last_doc = None
     bar = tqdm(desc="tokenizing", unit="tok", unit_scale=True, disable=not progress, leave=False)
     try:
-        for batch in _batches(iter_documents(source, text_field, errors)):
+        for batch in _batches(iter_documents(source, text_field, errors, normalize)):
             for (doc_id, _), ids in zip(batch, tok.encode_batch([t for _, t in batch])):
                 split = "val" if _is_val(doc_id, val_fraction) else "train"
                 if doc_id != last_doc:
@@ -124,7 +131,7 @@ def _write(source, tmp: Path, tok: Tokenizer, dtype, val_fraction, text_field, e
     return {
         "source": source, "tokenizer": "tokenizer.json", "vocab_size": tok.vocab_size,
         "eot_id": tok.eot_id, "dtype": dtype.name, "split": split, "documents": n_docs,
-        "train_tokens": counts["train"], "val_tokens": counts["val"],
+        "train_tokens": counts["train"], "val_tokens": counts["val"], "normalize_newlines": normalize,
     }
 
 

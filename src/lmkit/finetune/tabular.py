@@ -31,7 +31,7 @@ def read_rows(path: str | Path) -> tuple[list[str], list[dict]]:
         rows = [row for _, row in numbered]
         return list(dict.fromkeys(k for r in rows for k in r)), rows
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a leading BOM is not in the header
             if suffix in (".csv", ".tsv"):
                 # SST-2 holds bare quotes inside sentences, so tsv is read without quote handling
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",",

@@ -83,11 +83,33 @@ def record_attention():
 
 
 # ---- rotary position embeddings (Su et al., 2021) -------------------------------------------------
-def rope_tables(head_dim: int, max_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of angle t·θ^(-2i/d) for positions t < max_len and pairs i < d/2: each (max_len, d/2)."""
+def rope_tables(head_dim: int, max_len: int, theta: float = 10000.0,
+                llama3: tuple[float, float, float, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of angle t·f_i, f_i = θ^(-2i/d), for positions t < max_len and pairs i < d/2: each (max_len, d/2).
+    `llama3` = (factor, low_freq_factor, high_freq_factor, original context): the f_i remapped as Llama 3.1's."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if llama3 is not None:
+        inv_freq = llama3_frequencies(inv_freq, *llama3)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
+
+
+def llama3_frequencies(f: torch.Tensor, factor: float, low: float, high: float, context: int) -> torch.Tensor:
+    """Llama 3.1's long-context rope (Meta, 2024). A frequency whose wavelength λ = 2π/f fits into the original
+    context often (λ ≤ context/high) is kept; one slower than λ ≥ context/low is divided by `factor` (its angles
+    stretched over a longer context); in between it blends smoothly:
+        s = clamp((context/λ − low) / (high − low), 0, 1),   f' = (1 − s) · f / factor + s · f"""
+    s = ((context * f / (2 * math.pi) - low) / (high - low)).clamp(0.0, 1.0)
+    return (1 - s) * f / factor + s * f
+
+
+def sliding_window_mask(mask: torch.Tensor | None, T: int, S: int, window: int, device) -> torch.Tensor:
+    """Restrict `mask` (.., T, S) (None: causal) to a band: the query at column c = S − T + i sees key j only if
+    c − window < j ≤ c, i.e. the last `window` tokens, itself included (Mistral's sliding-window attention)."""
+    cols = torch.arange(S, device=device)
+    q = cols[S - T:, None]
+    band = (cols[None, :] <= q) & (cols[None, :] > q - window)  # (T, S)
+    return band if mask is None else mask & band
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -3,10 +3,11 @@
     P(w_1 … w_T) = Π_t P(w_t | w_<t),   loss = −(1/T) Σ_t log P(w_t | w_<t)
 
 Architecture choices (all in ModelConfig): pre-norm residual blocks x + Attn(Norm(x)), x + MLP(Norm(x));
-LayerNorm or RMSNorm; learned, sinusoidal or rotary positions; GELU, SwiGLU or ReLU² MLP; multi-head or
-grouped-query attention, optionally with QK-norm; output head tied to the token embedding or not, its
-logits optionally soft-capped. With the defaults this is
-GPT-2. Reads top to bottom: norm → attention → MLP → block → model.
+LayerNorm or RMSNorm; learned, sinusoidal or rotary positions (optionally with Llama 3's long-context
+remapping); GELU, SwiGLU or ReLU² MLP; multi-head or grouped-query attention, optionally with QK-norm, a
+head size of its own, biases on q/k/v alone, a sliding window; output head tied to the token embedding
+or not, its logits optionally soft-capped. With the defaults this is GPT-2.
+Reads top to bottom: norm → attention → MLP → block → model.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .attention import KVCache, apply_rope, attend, rope_tables
+from .attention import KVCache, apply_rope, attend, rope_tables, sliding_window_mask
 
 
 def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -33,8 +34,9 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head or cfg.n_head, cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        width = self.n_head * self.head_dim  # n_embd, unless head_size sets its own
+        self.qkv = nn.Linear(cfg.n_embd, width + 2 * self.n_kv_head * self.head_dim, bias=cfg.bias or cfg.qkv_bias)
+        self.proj = nn.Linear(width, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.rope = cfg.pos == "rope"
         if cfg.qk_norm:  # q ← norm(q) · g_q, k ← norm(k) · g_k per head (the model's norm): bounded attention logits
@@ -42,8 +44,9 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm = cfg.qk_norm
 
     def forward(self, x, rope=None, cache: KVCache | None = None, layer: int = 0, mask=None):
-        """`mask` (B, 1, T, S) bool, True = may attend: given when a batch holds padding (see GPT.forward)."""
-        B, T, C = x.shape
+        """`mask` (B, 1, T, S) or (T, S) bool, True = may attend: given when a batch holds padding or a sliding
+        window applies (see GPT.encode); it replaces the causal rule."""
+        B, T, _ = x.shape
         q, k, v = self.qkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
                                      self.n_kv_head * self.head_dim], dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -64,7 +67,7 @@ class CausalSelfAttention(nn.Module):
         if padded is not None:
             causal, mask = False, padded
         y = attend(q, k, v, causal=causal, mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H·D): heads side by side
         return self.proj(y)
 
 
@@ -176,7 +179,9 @@ class GPT(nn.Module):
         elif cfg.pos == "sinusoidal":
             self.register_buffer("wpe_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
         else:
-            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            llama3 = (cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                      cfg.rope_original_context) if cfg.rope_scaling == "llama3" else None
+            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta, llama3)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
@@ -241,8 +246,11 @@ class GPT(nn.Module):
         elif self.config.pos == "sinusoidal":
             x = x + self.wpe_table[pos]
         else:  # (T, D/2), or (B, 1, T, D/2) per row, broadcast over heads
-            rope = (self.rope_cos[pos], self.rope_sin[pos]) if mask is None else \
+            rope = (self.rope_cos[pos], self.rope_sin[pos]) if isinstance(pos, slice) else \
                 (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
+        window = self.config.sliding_window
+        if window and start + T > window:  # the same band for every layer, prefill and cached steps alike
+            mask = sliding_window_mask(mask, T, start + T, window, idx.device)
         x = self.drop(x)
         for i, block in enumerate(self.h):
             x = block(x, rope, cache, i, mask)

@@ -63,35 +63,47 @@ def match(name: str, patterns) -> tuple[int, dict] | None:
     return None
 
 
-def from_hf(table: Table, state: dict[str, torch.Tensor], where: str = "") -> dict[str, torch.Tensor]:
-    """A Hugging Face state dict -> lmkit names (import). A name no rule knows is an error."""
+def plan(table: Table, names, where: str = "") -> dict[str, tuple[Rule, list[str]]]:
+    """Hugging Face names (as a file spells them) -> {lmkit name: (its rule, the file names of its parts, in
+    order)}. A name no rule knows is an error, and so is a fused weight with a part missing. Import streams by
+    this plan (runs/hf.py); `from_hf` applies it to a whole state dict."""
     out, fused = {}, {}
-    for name, tensor in state.items():
-        name = table.with_base(name)
-        if match(name, table.ignored):
+    for name in names:
+        full = table.with_base(name)
+        if match(full, table.ignored):
             continue
         for rule in table.rules:
-            if found := match(name, rule.theirs):
+            if found := match(full, rule.theirs):
                 part, fill = found
                 break
         else:
-            raise LmkitError(f"{where}: unexpected weight '{name}' (no lmkit name for it)")
+            raise LmkitError(f"{where}: unexpected weight '{full}' (no lmkit name for it)")
         ours = rule.ours.format(**fill)
-        tensor = tensor.t() if rule.conv1d else tensor
-        if len(rule.theirs) == 1:
-            out[ours] = tensor
-        else:  # collect the parts; fused below, once all are there
-            fused.setdefault(ours, (rule, fill, [None] * len(rule.theirs)))[2][part] = tensor
-            out[ours] = None
-    for ours, (rule, fill, parts) in fused.items():
-        missing = [theirs.format(**fill) for theirs, t in zip(rule.theirs, parts) if t is None]
+        parts = out.setdefault(ours, (rule, [None] * len(rule.theirs)))[1]
+        parts[part] = name
+        if len(parts) > 1:
+            fused[ours] = fill
+    for ours, fill in fused.items():
+        rule, parts = out[ours]
+        missing = [theirs.format(**fill) for theirs, n in zip(rule.theirs, parts) if n is None]
         if missing:
             raise LmkitError(f"{where}: '{missing[0]}' is missing ({ours} is fused from {len(parts)} weights)")
-        out[ours] = torch.cat(parts)
+    return out
+
+
+def join(rule: Rule, parts: list[torch.Tensor]) -> torch.Tensor:
+    """The lmkit tensor from its Hugging Face part(s): transposed (Conv1D), concatenated (fused)."""
+    parts = [t.t() for t in parts] if rule.conv1d else parts
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).contiguous()
+
+
+def from_hf(table: Table, state: dict[str, torch.Tensor], where: str = "") -> dict[str, torch.Tensor]:
+    """A Hugging Face state dict -> lmkit names (import). A name no rule knows is an error."""
+    out = {ours: join(rule, [state[n] for n in names]) for ours, (rule, names) in plan(table, state, where).items()}
     for alias, target in table.tied.items():  # one matrix under two names, as in the model itself
         if target in out:
             out[alias] = out[target]
-    return {k: v.contiguous() for k, v in out.items()}
+    return out
 
 
 def to_hf(table: Table, state: dict[str, torch.Tensor], where: str = "export-hf") -> dict[str, torch.Tensor]:

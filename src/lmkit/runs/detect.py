@@ -1,11 +1,11 @@
 """What a directory is, read from its marker files alone (no weights are touched)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LmkitError
+from ..io import read_json  # noqa: F401  (re-exported for the readers in runs/)
 
 # marker files that make a native run directory one of the derived kinds
 MARKERS = {"int8": "quantization.json", "lora": "adapter_config.json", "pruned": "pruning.json",
@@ -23,7 +23,8 @@ DESCRIPTION = {
 }
 FAMILY_NAME = {"gpt": "a GPT (causal LM)", "lstm": "an LSTM/GRU language model", "bert": "a BERT encoder",
                "classifier": "a text classifier"}
-HF_FAMILIES = {"gpt2": "gpt", "llama": "gpt", "bert": "bert"}
+# Hugging Face model_type -> lmkit family (models/gpt_hf.py and bert_hf.py translate them)
+HF_FAMILIES = {"gpt2": "gpt", "llama": "gpt", "qwen2": "gpt", "qwen3": "gpt", "mistral": "gpt", "bert": "bert"}
 
 
 @dataclass
@@ -41,16 +42,6 @@ class Found:
             text = text.replace("an lmkit run", f"an lmkit {name} run").replace("a Hugging Face model",
                                                                                 f"a Hugging Face {name} model")
         return text
-
-
-def read_json(f: Path) -> dict:
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise LmkitError(f"{f}: corrupt, not valid JSON ({str(e).splitlines()[0][:120]})")
-    if not isinstance(data, dict):
-        raise LmkitError(f"{f}: corrupt, not a JSON object")
-    return data
 
 
 def detect(path: str | Path, what: str = "run directory") -> Found:

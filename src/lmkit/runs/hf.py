@@ -5,33 +5,40 @@
                           pytorch_model.bin, read with torch.load(weights_only=True): never unpickled)
     tokenizer.json        the tokenizer (or GPT-2's vocab.json + merges.txt, or BERT's vocab.txt)
 
-The weights are renamed by the family's table (models/hf_names.py); nothing is approximated. Export, the
-other direction, is in hf_export.py.
+The weights are renamed by the family's table (models/hf_names.py); nothing is approximated. import-hf
+streams them, one tensor at a time, from the checkpoint into the run's model.safetensors (peak memory: about
+the largest tensor, not the model). Export, the other direction, is in hf_export.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
+import struct
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..chat import load_template
-from ..config import Config
+from ..config import Config, validate
 from ..errors import LmkitError
 from ..models import bert_hf, build_model, gpt_hf
 from ..models.classifier import Classifier
-from ..models.hf_names import from_hf
+from ..models.hf_names import from_hf, join, plan
 from ..tokenizer import Tokenizer
 from .classifier import save_classifier
-from .detect import detect, read_json, refusal
+from .detect import HF_FAMILIES, detect, read_json, refusal
 from .native import check_fit, fit_weights, save_native
 from .record import Run
 from .target import check_target, clear, holds_files
 
-SUPPORTED = ("gpt2", "llama", "bert")
+SUPPORTED = tuple(HF_FAMILIES)  # the model_types import-hf takes
 
 
 # ---- the three parts of a folder --------------------------------------------------------------------
@@ -43,17 +50,31 @@ def weights_file(path: Path) -> Path:
     raise LmkitError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
+def safetensors_files(path: Path) -> list[Path]:
+    """model.safetensors, or the model-*.safetensors shards its index names."""
+    file = weights_file(path)
+    if file.suffix == ".json":
+        return [path / shard for shard in sorted(set(read_json(file)["weight_map"].values()))]
+    return [file]
+
+
+@contextmanager
+def reading(what: Path):
+    """A damaged weights file as one line naming it (safetensors and torch raise several types)."""
+    try:
+        yield
+    except LmkitError:
+        raise
+    except Exception as e:
+        raise LmkitError(f"{what}: cannot read the weights ({str(e).splitlines()[0][:160]})") from None
+
+
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """model.safetensors, sharded model-*.safetensors with an index, or pytorch_model.bin (weights only)."""
     file = weights_file(path)
-    try:
-        if file.name == "model.safetensors":
-            return load_file(str(file))
-        if file.suffix == ".json":
-            out = {}
-            for shard in sorted(set(json.loads(file.read_text())["weight_map"].values())):
-                out.update(load_file(str(path / shard)))
-            return out
+    with reading(path):
+        if file.name != "pytorch_model.bin":
+            return {k: v for f in safetensors_files(path) for k, v in load_file(str(f)).items()}
         try:
             return torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
@@ -61,10 +82,6 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
                 f"{file}: holds more than tensors, and lmkit never unpickles a file it is handed; if you trust it, "
                 "convert it once to safetensors, e.g. with transformers: AutoModel.from_pretrained(DIR)"
                 ".save_pretrained(DIR, safe_serialization=True)") from None
-    except LmkitError:
-        raise
-    except Exception as e:  # safetensors / torch raise several types on damaged files
-        raise LmkitError(f"{path}: cannot read the weights ({str(e).splitlines()[0][:160]})")
 
 
 def read_hf_tokenizer(path: Path) -> Tokenizer:
@@ -99,6 +116,10 @@ def hf_config(path: Path) -> tuple[dict, Config]:
     cfg.train.dtype = "float32"
     if kind == "bert":
         cfg.train.objective = "mlm"
+    try:
+        validate(cfg)
+    except LmkitError as e:  # the config edge, naming the file it came from
+        raise LmkitError(f"{where}: {str(e).removeprefix('config: ')}") from None
     return hc, cfg
 
 
@@ -110,14 +131,69 @@ def hf_tokenizer(path: Path, cfg: Config) -> Tokenizer:
     return tok
 
 
-def hf_state(path: Path, hc: dict, cfg: Config, weights: dict | None = None) -> dict[str, torch.Tensor]:
-    """The folder's weights under lmkit's names (a BertModel's missing masked-LM head: freshly initialised)."""
+def table_for(hc: dict, cfg: Config):
     m, kind = cfg.model, hc["model_type"]
-    table = bert_hf.names(m) if kind == "bert" else gpt_hf.names(m, kind)
-    sd = from_hf(table, read_hf_weights(path) if weights is None else weights, str(weights_file(path)))
-    if kind == "bert" and "mlm_bias" not in sd:
-        sd.update(bert_hf.fresh_mlm_head(m))
-    return sd
+    return bert_hf.names(m) if kind == "bert" else gpt_hf.names(m, kind)
+
+
+def fresh_parts(hc: dict, cfg: Config, names) -> dict[str, torch.Tensor]:
+    """What lmkit's model has and the checkpoint lacks: a BertModel's masked-LM head, freshly initialised."""
+    return bert_hf.fresh_mlm_head(cfg.model) if hc["model_type"] == "bert" and "mlm_bias" not in names else {}
+
+
+def hf_state(path: Path, hc: dict, cfg: Config, weights: dict | None = None) -> dict[str, torch.Tensor]:
+    """The folder's weights under lmkit's names, all in memory (what lmkit.load builds its model from)."""
+    sd = from_hf(table_for(hc, cfg), read_hf_weights(path) if weights is None else weights, str(weights_file(path)))
+    return {**sd, **fresh_parts(hc, cfg, sd)}
+
+
+# ---- streaming: the checkpoint's tensors one at a time ------------------------------------------------
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+
+
+def lazy_weights(path: Path) -> tuple[dict[str, torch.Tensor], Callable[[str], torch.Tensor]]:
+    """(every tensor of the folder's weights as a meta tensor: name, shape and dtype, no data; a function that
+    reads one tensor). safetensors files are read by their headers, then tensor by tensor, each through a
+    fresh safe_open, so no mapping of the whole file stays resident; pytorch_model.bin is read whole."""
+    if weights_file(path).name == "pytorch_model.bin":
+        sd = read_hf_weights(path)
+        return {k: v.to("meta") for k, v in sd.items()}, sd.__getitem__
+    specs, where = {}, {}
+    for f in safetensors_files(path):
+        with reading(f), safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                s = st.get_slice(name)
+                if s.get_dtype() not in DTYPES:
+                    raise LmkitError(f"{f}: {name} has dtype {s.get_dtype()}, which lmkit does not read")
+                specs[name] = torch.empty(s.get_shape(), dtype=DTYPES[s.get_dtype()], device="meta")
+                where[name] = f
+
+    def read(name: str) -> torch.Tensor:
+        with reading(where[name]), safe_open(str(where[name]), framework="pt") as st:
+            return st.get_tensor(name)
+    return specs, read
+
+
+def write_streamed(file: Path, specs: dict[str, torch.Tensor], produce: Callable[[str], torch.Tensor],
+                   metadata: dict[str, str]) -> None:
+    """A safetensors file written tensor by tensor: the header from `specs` (meta tensors: shape and dtype),
+    then each tensor's bytes as `produce(name)` makes it, one alive at a time."""
+    names = {v: k for k, v in DTYPES.items()}
+    header, offset = {"__metadata__": metadata}, 0
+    for name, t in specs.items():
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with open(file, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for name, spec in specs.items():
+            t = produce(name)
+            assert t.shape == spec.shape and t.dtype == spec.dtype, name
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
 def read_hf(path: str | Path) -> Run:
@@ -148,8 +224,9 @@ def resolve_hub(path: str | Path) -> Path:
 # ---- import-hf ------------------------------------------------------------------------------------------
 def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write a Hugging Face checkpoint as an lmkit run directory (a BertForSequenceClassification: as a
-    classifier directory). The renamed weights go straight to model.safetensors; the model is built on the
-    meta device only to check names and shapes, so no second full copy is allocated."""
+    classifier directory). The renamed weights stream into model.safetensors one tensor at a time; names and
+    shapes are checked first, against the model built on the meta device, so nothing is written for a
+    checkpoint that does not fit and the whole model is never in memory."""
     check_target(out, overwrite, source=src)  # before downloading or reading anything
     src = resolve_hub(src)
     found = detect(src)
@@ -159,10 +236,31 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path
     if "BertForSequenceClassification" in (hc.get("architectures") or []):
         return import_bert_classifier(src, out, hc, cfg)
     tok = hf_tokenizer(src, cfg)
-    sd = hf_state(src, hc, cfg)
+    file = weights_file(src)
+    specs, read = lazy_weights(src)
+    steps = plan(table_for(hc, cfg), specs, str(file))  # lmkit name -> (rule, its parts in the file)
+    shapes = {ours: join(rule, [specs[n] for n in parts]) for ours, (rule, parts) in steps.items()}
+    fresh = fresh_parts(hc, cfg, shapes)
+    shapes.update({k: v.to("meta") for k, v in fresh.items()})
     with torch.device("meta"):
-        check_fit(build_model(cfg.model), sd, weights_file(src))
-    return save_native(out, cfg, tok, state_dict=sd, overwrite=overwrite)
+        check_fit(build_model(cfg.model), shapes, file)
+
+    def produce(ours: str) -> torch.Tensor:  # one lmkit tensor, read (and fused) when it is written
+        if ours in fresh:
+            return fresh[ours]
+        rule, parts = steps[ours]
+        return join(rule, [read(n) for n in parts])
+    parent = Path(out).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(out).name}.", suffix=".safetensors.tmp", dir=parent)
+    os.close(fd)
+    try:  # the weights first (the slow part; nothing at `out` until they are complete), then the run around them
+        write_streamed(Path(tmp), shapes, produce, {"format": "pt", "step": "0"})
+        out = save_native(out, cfg, tok, state_dict={}, chat_template=load_template(src, tok), overwrite=overwrite)
+        os.replace(tmp, out / "model.safetensors")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return out
 
 
 def import_bert_classifier(src: Path, out: str | Path, hc: dict, cfg: Config) -> Path:

@@ -1,6 +1,7 @@
 """export-hf: write a model as a Hugging Face folder that transformers loads.
 
-    GPT    -> GPT2LMHeadModel or LlamaForCausalLM (whichever format holds its options; see export_format)
+    GPT    -> GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM or MistralForCausalLM
+              (the first format that holds its options; see export_format)
     BERT   -> BertForMaskedLM
     a BERT classifier with [CLS] pooling -> BertForSequenceClassification
 
@@ -31,8 +32,8 @@ BERT_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
 
 
 def export_format(cfg: Config, fmt: str = "auto") -> str:
-    """Which format can hold this model: gpt2 or llama for a GPT, bert for a BERT. Refused, naming the
-    options, when none can."""
+    """Which format can hold this model: gpt2 or a Llama-style one (llama, qwen2, qwen3, mistral) for a GPT,
+    bert for a BERT. Refused, naming the options, when none can."""
     m = cfg.model
     if m.type == "bert":
         if fmt not in ("auto", "bert"):
@@ -47,8 +48,11 @@ def export_format(cfg: Config, fmt: str = "auto") -> str:
                              f"{', '.join(gpt_hf.misfits(m, 'gpt2'))}; Llama-style cannot hold "
                              f"{', '.join(gpt_hf.misfits(m, 'llama'))}")
     if fmt not in gpt_hf.FORMATS:
-        raise LmkitError(f"export-hf: unknown format '{fmt}' (gpt2, llama, auto)")
+        raise LmkitError(f"export-hf: unknown format '{fmt}' ({', '.join(gpt_hf.FORMATS)}, auto)")
     if misfits := gpt_hf.misfits(m, fmt):
+        if fits := next((f for f in gpt_hf.FORMATS if not gpt_hf.misfits(m, f)), None):
+            raise LmkitError(f"export-hf: the {fmt} format cannot hold {', '.join(misfits)}; "
+                             f"this model exports as {fits} (--format {fits} or auto)")
         other = "Llama-style (pos = rope, norm = rmsnorm, mlp = swiglu)" if fmt == "gpt2" else \
             "GPT-2 (pos = learned, norm = layernorm, mlp = gelu, bias = true)"
         raise LmkitError(f"export-hf: the {fmt} format cannot hold {', '.join(misfits)}; "

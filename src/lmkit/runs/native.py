@@ -145,10 +145,22 @@ def save_native(out: str | Path, config, tokenizer, model=None, state_dict=None,
     return out
 
 
-def save_weights(model: torch.nn.Module, file: Path, step: int) -> None:
-    """model.safetensors alone, atomically (the training loop's checkpoints)."""
-    with atomic_path(file) as tmp:
-        save_model(model, str(tmp), metadata={"format": "pt", "step": str(step)})
+def save_weights(model: torch.nn.Module, file: Path, step: int, before_rename=None) -> None:
+    """model.safetensors alone, atomically and flushed to disk (the training loop's checkpoints; metadata
+    "trainer" marks them). `before_rename()` runs when the temp file is complete (fault injection)."""
+    with atomic_path(file, fsync=True) as tmp:
+        save_model(model, str(tmp), metadata={"format": "pt", "step": str(step), "trainer": "lmkit"})
+        if before_rename is not None:
+            before_rename()
+
+
+def weights_metadata(file: Path) -> dict | None:
+    """The metadata of a safetensors file (its header alone is read), or None when it is missing or corrupt."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
 
 
 def save_adapters(model: torch.nn.Module, out_dir: Path, settings: dict) -> None:

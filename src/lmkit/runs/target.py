@@ -12,7 +12,7 @@ from ..io import check_target, holds_files  # noqa: F401  (the one target check,
 OWN_FILES = ("config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl", "loss.png",
              "quantization.json", "pruning.json", "merged.json", "adapter_config.json", "adapter.safetensors",
              "chat_template.json", "classifier.json", "tokenizer_config.json", "generation_config.json",
-             "special_tokens_map.json")
+             "special_tokens_map.json", "chat_template.jinja", "generation.json")
 OWN_FOLDERS = {"train_state": ".metadata", "data": "meta.json", "merged": "config.json"}
 
 

@@ -8,8 +8,11 @@
     GET  /                     the chat page;  /docs, /openapi.json: the schema
 
 Every error is an OpenAI-style object {"error": {"message", "type", "param", "code"}} with a 4xx
-status; with an API key, a request without `Authorization: Bearer KEY` gets 401 (the static chat page
-itself is open: it holds no data and asks for the key).
+status (errors.py): a field the server does not know, or an OpenAI field it does not implement, is a
+400 naming it (schemas.py); a body over 1 MiB is 413, chunked or not; request headers over 32 KiB are
+431 (protocol.py, the uvicorn settings `serve()` uses). With an API key, a request without
+`Authorization: Bearer KEY` gets 401 (the static chat page itself is open: it holds no data and asks
+for the key).
 """
 from __future__ import annotations
 
@@ -22,55 +25,34 @@ import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
 
+import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
 
 from ..api import load
 from ..errors import LmkitError
 from ..runs import CAUSAL
 from ..search import Encoder
+from .errors import MAX_BODY_BYTES, ApiError, RequestLimits, error_response, install
+from .protocol import uvicorn_config
 from .responses import ChoiceBuilder, chunk, completion_body
 from .scheduler import Scheduler
-from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields
-
-MAX_BODY_BYTES = 1 << 20
+from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields, StrictModel
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+class ApiKey:
+    """ASGI middleware: with a key, every path but the chat page needs `Authorization: Bearer KEY`."""
 
-
-def error_response(status: int, message: str, param=None, code=None, type="invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes gets 413 before the app reads it."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, key: str | None):
+        self.app, self.key = app, key
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        too_big = error_response(413, f"request body is larger than {self.limit} bytes", code="body_too_large")
-        if length is not None and int(length) > self.limit:
-            return await too_big(scope, receive, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:  # a chunked body without Content-Length
-                raise ApiError(413, f"request body is larger than {self.limit} bytes", code="body_too_large")
-            return message
-        await self.app(scope, limited_receive, send)
+        if scope["type"] == "http" and self.key and scope["path"] != "/":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {self.key}".encode()):
+                return await error_response(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
+                                            code="invalid_api_key")(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_bytes: int = MAX_BODY_BYTES,
@@ -90,42 +72,9 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
     app = FastAPI(title="lmkit", version="1", lifespan=lifespan,
                   description=f"OpenAI-compatible completions and chat for the lmkit run '{model_id}'.")
     app.state.scheduler = scheduler
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
-
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next):
-        if api_key and request.url.path != "/":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error_response(401, "missing or incorrect API key (send Authorization: Bearer KEY)",
-                                      code="invalid_api_key")
-        try:
-            return await call_next(request)
-        except ApiError as e:
-            return error_response(e.status, e.message, e.param, e.code, e.type)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request, e: ApiError):
-        return error_response(e.status, e.message, e.param, e.code, e.type)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, e: RequestValidationError):
-        err = e.errors()[0]
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        if err.get("type") == "json_invalid":
-            return error_response(400, f"malformed JSON body: {err.get('ctx', {}).get('error', err['msg'])}")
-        param = ".".join(loc) or None
-        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-        return error_response(400, f"{param or 'body'}: {err['msg']}{got}", param=param)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, e: HTTPException):
-        return error_response(e.status_code, str(e.detail), type="not_found_error" if e.status_code == 404
-                              else "invalid_request_error")
-
-    @app.exception_handler(Exception)
-    async def internal(request, e: Exception):
-        return error_response(500, f"internal error: {type(e).__name__}", type="server_error")
+    app.add_middleware(RequestLimits, limit=max_body_bytes)
+    app.add_middleware(ApiKey, key=api_key)  # added last, so outermost: a request without the key is not read
+    install(app, StrictModel)  # every error an OpenAI error object (errors.py)
 
     # ---- endpoints --------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -173,34 +122,40 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ApiError(400, "prompt: must not be an empty list", param="prompt")
-        rows = _rows(req, [lm.encode_prompt(p) for p in prompts], req.max_tokens, req.logprobs, req.stops())
+        rows = _rows(req, prompts, req.max_tokens, req.logprobs, req.stops())
         return await _respond(req, rows, "text_completion", request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
+        if req.top_logprobs and not req.logprobs:  # OpenAI: "logprobs must be set to true if this parameter is used"
+            raise ApiError(400, "top_logprobs: needs logprobs: true", param="top_logprobs")
         text, stops = lm.chat_prompt([(m.role, m.text()) for m in req.messages])
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        rows = _rows(req, [lm.encode_prompt(text)], max_tokens, logprobs, req.stops() + stops)
+        rows = _rows(req, [text], max_tokens, logprobs, req.stops() + stops, field="messages")
         return await _respond(req, rows, "chat.completion", request)
 
     # ---- helpers ------------------------------------------------------------------------------------
-    def _rows(req: SamplingFields, prompts: list[list[int]], max_tokens, logprobs, stops):
+    def _rows(req: SamplingFields, texts: list[str], max_tokens, logprobs, stops, field: str = "prompt"):
         if req.model != model_id:
             raise ApiError(404, f"model '{req.model}' does not exist; this server has '{model_id}'",
                            param="model", code="model_not_found")
+        if len(texts) * req.n > max_batch:  # one request's rows are decoded together, in one batch
+            raise ApiError(400, f"{len(texts)} prompt(s) x n={req.n} is {len(texts) * req.n} sequences; this server "
+                                f"decodes at most {max_batch} at once", param="n" if req.n > 1 else field)
         rows = []
-        for ids in prompts:
+        for ids in map(lm.encode_prompt, texts):
             if len(ids) >= block:
                 raise ApiError(400, f"prompt is {len(ids)} tokens; the model's context is {block} tokens, "
-                                    f"with room for at least one new token", param="prompt",
+                                    f"with room for at least one new token", param=field,
                                code="context_length_exceeded")
             room = block - len(ids)  # max_tokens is capped by the context
             cfg = req.sampling(room if max_tokens is None else min(max_tokens, room), stops, logprobs)
             try:
                 cfg.validate()
-            except LmkitError as e:
-                raise ApiError(400, str(e))
+            except LmkitError as e:  # "seed must be in …": the message starts with the field's name
+                name = {"max_new_tokens": "max_tokens"}.get(str(e).split(" ")[0], str(e).split(" ")[0])
+                raise ApiError(400, str(e), param=name if name in type(req).model_fields else None)
             rows += [(ids, cfg)] * req.n  # the n rows of a prompt share one config: seeds seed, seed+1, …
         return rows
 
@@ -219,7 +174,7 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
             finally:
                 job.cancel()
             return JSONResponse(completion_body(builder, sum(len(ids) for ids, _ in rows[::req.n])))
-        usage = bool((req.stream_options or {}).get("include_usage"))
+        usage = req.stream_options is not None and req.stream_options.include_usage
 
         async def events():
             try:
@@ -248,12 +203,10 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           device: str = "cpu", max_batch: int = 32, encoder: str | None = None) -> None:
     """Load a run directory and serve it until Ctrl-C."""
-    import uvicorn  # the server's own dependency, imported when a server starts
-
     lm = load(run_dir, device=device, families=CAUSAL, purpose="serve")
     if encoder is not None:
         encoder = Encoder(encoder, max_len=512)
     app = create_app(lm, api_key=api_key, max_batch=max_batch, encoder=encoder)
     print(f"serving {run_dir} at http://{host}:{port}/  (chat page at /, OpenAI API at /v1, schema at /docs)",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(app, host=host, port=port)).run()

@@ -18,7 +18,9 @@ it to set up, wrap, synchronise gradients, average a logged loss, and save/load 
 Checkpoints: model and optimizer state go to `train_state/` with torch.distributed.checkpoint (DCP),
 each rank writing its own shards; DCP reshards on load, so a run resumes on any world size, also in
 one plain process. Rank 0 also writes the whole model to `model.safetensors`, the single file that
-`lmkit.load` and `lmkit generate` read.
+`lmkit.load` and `lmkit generate` read. DCP's own reader unpickles `.metadata` and non-tensor values:
+lmkit reads them only for a run whose config.json says parallel = ddp or fsdp, and then through
+a restricted unpickler (the checkpoint metadata classes alone) and torch.load(weights_only=True).
 """
 from __future__ import annotations
 
@@ -38,8 +40,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, load_json, save_json
 from ..errors import LmkitError
+from .dcp_read import read_metadata, safe_loaders
 
 DCP_DIR = "train_state"
 
@@ -188,16 +191,20 @@ def gradient_sync(d: Dist, wrapped: nn.Module, sync: bool):
 
 # ---- checkpoints ----------------------------------------------------------------------------------
 def save_checkpoint(d: Dist, model: nn.Module, optimizer, out_dir: Path, step: int,
-                    export: Callable[[dict], None]) -> None:
-    """Every rank writes its shards of model + optimizer to out_dir/train_state (via a temp folder that
-    is renamed when complete); rank 0 passes the gathered full state dict to `export`."""
+                    export: Callable[[dict], None], write_state: Callable[[Path], None],
+                    fault: Callable[[str], None] = lambda point: None) -> None:
+    """Every rank writes its shards of model + optimizer into out_dir/.train_state.tmp, rank 0 adds the
+    training state (`write_state(folder)`) and switches the folder in by renames (train_state → .old, .tmp →
+    train_state; open_train_dir restores .old if a kill falls between), then passes the gathered full state
+    dict to `export`. `fault(point)`: fault injection (checkpoint.fault)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
     out_dir = Path(out_dir)
     tmp, final, old = out_dir / f".{DCP_DIR}.tmp", out_dir / DCP_DIR, out_dir / f".{DCP_DIR}.old"
     if d.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in (tmp, old):
+            shutil.rmtree(folder, ignore_errors=True)
     d.barrier()
     state = {"model": get_model_state_dict(model), "step": torch.tensor(step)}
     if optimizer.state:  # before the first step there is none; asking for it would create it (Adam's t = 1)
@@ -205,31 +212,54 @@ def save_checkpoint(d: Dist, model: nn.Module, optimizer, out_dir: Path, step: i
     dcp.save(state, checkpoint_id=tmp)
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if d.is_main:
+        write_state(tmp)
         if final.exists():
             final.rename(old)
+        fault("dcp-switch")
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
         export(full)
     d.barrier()
 
 
+def record_mode(out_dir: Path, mode: str) -> None:
+    """A run resumed under torchrun writes DCP checkpoints from now on: its config.json says so."""
+    cfg = load_json(Path(out_dir) / "config.json")
+    if cfg.train.parallel != mode:
+        cfg.train.parallel = mode
+        save_json(cfg, Path(out_dir) / "config.json")
+
+
+def trained_distributed(out_dir: Path) -> bool:
+    """Whether the run's own config.json says it was trained under torchrun (parallel = ddp or fsdp)."""
+    return load_json(Path(out_dir) / "config.json").train.parallel in ("ddp", "fsdp")
+
+
 def load_checkpoint(model: nn.Module, optimizer, out_dir: Path, step: int) -> None:
-    """Read out_dir/train_state into `model` and `optimizer`, whatever world size wrote it."""
+    """Read out_dir/train_state into `model` and `optimizer`, whatever world size wrote it; only for a run
+    trained distributed, never unpickling anything but checkpoint metadata (read_metadata)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
-    path = Path(out_dir) / DCP_DIR
+    out_dir = Path(out_dir)
+    path = out_dir / DCP_DIR
+    if not trained_distributed(out_dir):
+        raise LmkitError(f"{out_dir / 'train_state.pt'} holds no optimizer state, and config.json says the run "
+                         f"was trained in one process (parallel = none): {path} is not read (it is read only for a "
+                         "run trained under torchrun, parallel = ddp or fsdp); the checkpoint is incomplete")
     if not (path / ".metadata").is_file():
         raise LmkitError(f"{path}: no distributed checkpoint (missing .metadata); the checkpoint is incomplete")
+    metadata = read_metadata(path)
     state = {"model": get_model_state_dict(model), "step": torch.tensor(-1)}
+    if any(k.startswith("optim.") for k in metadata.state_dict_metadata):
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    reader, planner = safe_loaders(path, metadata)
     try:
-        saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
-        if any(k.startswith("optim.") for k in saved):
-            state["optim"] = get_optimizer_state_dict(model, optimizer)
         with warnings.catch_warnings():  # in one plain process DCP says it assumes one process: it is right
             warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-            dcp.load(state, checkpoint_id=path)
-    except Exception as e:  # DCP wraps reader errors in several types
+            dcp.load(state, storage_reader=reader, planner=planner)
+    except (Exception, dcp.api.CheckpointException) as e:  # DCP wraps reader errors (in a BaseException)
+        e = next(iter(e.failures.values()))[0] if isinstance(e, dcp.api.CheckpointException) and e.failures else e
         raise LmkitError(f"{path}: cannot read the distributed checkpoint ({str(e).splitlines()[0][:160]})")
     if int(state["step"]) != step:
         raise LmkitError(f"{path} (step {int(state['step'])}) and train_state.pt (step {step}) disagree; "

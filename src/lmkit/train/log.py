@@ -10,6 +10,25 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..io import atomic_write_text
+
+
+def keep_records_before(metrics: Path, step: int, redo_eval: bool) -> None:
+    """A resumed run continues at `step`: the records written after that checkpoint (by the run that was stopped)
+    go, and the evaluation at `step` too when the run redoes it; so do lines a kill cut short."""
+    if not metrics.is_file():
+        return
+    kept = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            at = record["step"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        if at < step or (at == step and not (redo_eval and "val_loss" in record)):
+            kept.append(line + "\n")
+    atomic_write_text(metrics, "".join(kept))
+
 
 class RunLog:
     def __init__(self, metrics: Path, total: int, initial: int, show: bool, write: bool, tokens: int = 0):

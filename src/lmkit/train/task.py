@@ -10,6 +10,7 @@ from ..config import Config
 from ..data.batches import make_batches
 from ..data.shards import build_tokenizer, is_prepared, load_meta, open_split, prepare
 from ..tokenizer import Tokenizer
+from .checkpoint import fault
 from .device import autocast_ctx
 
 EVAL_SEED = 1234  # every evaluation draws the same windows, so that evaluations compare
@@ -22,11 +23,12 @@ def prepare_data(cfg: Config, out_dir: Path, progress: bool = True) -> Path:
     data_dir = out_dir / "data"
     if is_prepared(data_dir):
         meta = load_meta(data_dir)
-        if meta.get("source") == cfg.data.data:
+        if meta.get("source") == cfg.data.data and meta.get("normalize_newlines", True) == cfg.data.normalize_newlines:
             return data_dir
     d = cfg.data
-    tok = build_tokenizer(d.tokenizer, d.data, d.text_field, d.errors, d.vocab_size, progress)
-    meta = prepare(d.data, data_dir, tok, d.val_fraction, d.text_field, d.errors, overwrite=True, progress=progress)
+    tok = build_tokenizer(d.tokenizer, d.data, d.text_field, d.errors, d.vocab_size, progress, d.normalize_newlines)
+    meta = prepare(d.data, data_dir, tok, d.val_fraction, d.text_field, d.errors, overwrite=True, progress=progress,
+                   normalize_newlines=d.normalize_newlines)
     if progress:
         print(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
               f"(vocab {meta['vocab_size']}) in {data_dir}", flush=True)
@@ -77,6 +79,7 @@ class ShardTask(Task):
                                    world_size=self.world_size)
             losses = torch.zeros(self.cfg.train.eval_iters)
             for i in range(self.cfg.train.eval_iters):
+                fault("eval")
                 x, y = batches.next()
                 with autocast_ctx(trainer.device, trainer.dtype):
                     _, loss = trainer.forward(x.to(trainer.device), y.to(trainer.device))

@@ -6,7 +6,9 @@
       train_step()    learning rate from the schedule → gradient_accumulation_steps micro-batches of forward
                       (under autocast when asked) and backward → gradient clipping → optimizer step
       log_training()  every log_interval steps: loss, learning rate, tokens/s; is the time budget spent?
-    Ctrl-C checkpoints before leaving (interrupted()); `resume=True` continues from the last checkpoint exactly.
+    Ctrl-C checkpoints before leaving (interrupted()); `resume=True` continues from the last checkpoint exactly,
+    whenever Ctrl-C or a kill came (checkpoint.py: one rename switches a checkpoint; the optimizer step and its
+    counters change together). A run that fails before its first checkpoint removes the folder it made.
 
 What the loop learns from is a `Task` (task.py); where it writes is decided before it starts
 (lmkit.runs.train_dir: resume / overwrite / init_from). Under torchrun the same loop runs on every rank;
@@ -25,13 +27,12 @@ import torch
 from ..config import Config, apply, load_config, parse_overrides, save_json, validate
 from ..errors import LmkitError
 from ..models import build_model
-from ..runs.native import load_weights, save_weights
-from ..runs.train_dir import load_init, open_train_dir
+from ..runs.train_dir import load_init, open_train_dir, remove_failed
 from ..viz import plot_loss  # matplotlib itself is imported when the first plot is drawn
-from . import distributed
-from .checkpoint import load_train_state, save_train_state
+from . import checkpoint as ckpt, distributed
+from .checkpoint import fault, hold_interrupt
 from .device import DTYPES, autocast_ctx, pick_device, resolve_dtype
-from .log import RunLog
+from .log import RunLog, keep_records_before
 from .optim import lr_at, make_optimizer  # lr_at is looked up here at every step (tests replace it)
 from .task import ShardTask, Task, prepare_data
 
@@ -64,7 +65,17 @@ class Trainer:
         if task is not None and self.dist.enabled:
             raise LmkitError("fine-tuning tasks run in one process; start them without torchrun / --nproc")
         self.progress = progress and self.dist.is_main
-        self.out_dir = open_train_dir(cfg, resume, overwrite, self.dist.is_main, self.dist.barrier)
+        self.run_dir = open_train_dir(cfg, resume, overwrite, self.dist.is_main, self.dist.barrier)
+        self.out_dir = self.run_dir.path
+        try:
+            self._start(init_model, task)
+        except BaseException:
+            self._remove_if_failed()
+            raise
+
+    def _start(self, init_model: torch.nn.Module | None, task: Task | None) -> None:
+        """Data, model and optimizer; a resumed run's checkpoint, a new run's first files."""
+        cfg, t, resume = self.cfg, self.cfg.train, self.run_dir.resume
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.dtype = resolve_dtype(t.dtype, self.device)
@@ -72,14 +83,14 @@ class Trainer:
         self._take_task(task)
         if init_model is None and t.init_from and not resume:  # e.g. a deeper model made by `lmkit grow`
             init_model = load_init(t.init_from, cfg.model, self.tokenizer)
-        self._build_model(init_model)
         self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
         self.best_metric = -math.inf if self.task.higher_is_better else math.inf
+        self._build_model(init_model)
         if resume:
-            self._load_state()
-        elif self.dist.is_main:
-            save_json(cfg, self.out_dir / "config.json")
-            self.tokenizer.save(self.out_dir / "tokenizer.json")
+            ckpt.restore(self)
+        if self.dist.is_main:  # the records after the checkpoint go: the run redoes them
+            keep_records_before(self.out_dir / "metrics.jsonl", self.step,
+                                self.step % t.eval_interval == 0 or self.step >= t.max_iters)
         self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
 
     def _take_task(self, task: Task | None) -> None:
@@ -101,6 +112,17 @@ class Trainer:
         torchrun, and its optimizer."""
         t = self.cfg.train
         self.model = (init_model if init_model is not None else build_model(self.cfg.model)).to(self.device)
+        if not self.run_dir.resume and self.dist.is_main:  # a new run: its files, and it loads from the start
+            if self.dist.enabled:
+                self.cfg.train.parallel = self.dist.mode  # what distributed.trained_distributed reads
+            save_json(self.cfg, self.out_dir / "config.json")
+            self.tokenizer.save(self.out_dir / "tokenizer.json")
+            self.task.save(self, self.out_dir)
+            ckpt.write_weights(self)
+        elif self.run_dir.resume and self.dist.enabled:  # resumed under torchrun: its checkpoints are DCP ones now
+            if self.dist.is_main:
+                distributed.record_mode(self.out_dir, self.dist.mode)
+            self.dist.barrier()
         self.wrapped = distributed.wrap(self.model, self.dist, t, self.device)
         if self.dist.rank:
             torch.manual_seed(t.seed + self.dist.rank)  # other dropout masks on other ranks
@@ -116,7 +138,7 @@ class Trainer:
         """Train to max_iters or until the time budget is spent; Ctrl-C checkpoints and returns (interrupted)."""
         t = self.cfg.train
         self._begin()
-        interrupted = False
+        interrupted, failed = False, True  # failed: an exception leaves fit() (see _remove_if_failed)
         try:
             while True:
                 final = self.step >= t.max_iters or self.out_of_time
@@ -133,11 +155,13 @@ class Trainer:
             if self.out_of_time:
                 self.log.note(f"stopped at step {self.step} of {t.max_iters}: the time budget "
                               f"max_minutes = {t.max_minutes:g} is spent")
+            failed = False
         except KeyboardInterrupt:
             if self.dist.enabled:  # ranks stop at different points: no collective save; resume from the last one
                 raise
             interrupted = True
             self.interrupted()
+            failed = False
         except RuntimeError as e:
             if not distributed.is_comm_failure(self.dist, e):
                 raise
@@ -146,6 +170,8 @@ class Trainer:
                              f"by torchrun; dist_timeout = {t.dist_timeout:g} s)") from None
         finally:
             self.log.close()
+            if failed:
+                self._remove_if_failed()
         wall = self.log.wall()
         distributed.teardown(self.dist)
         return TrainResult(self.out_dir, self.step, self.last["val"], self.last["train"], self.log.tokens_per_s(),
@@ -184,15 +210,18 @@ class Trainer:
                 with autocast_ctx(self.device, self.dtype):
                     _, loss = self.forward(*batch)
                 (loss / t.gradient_accumulation_steps).backward()
+            fault("step")
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.after_step is not None:
-            self.after_step(self.model)
-        self.step += 1
-        self.tokens_seen += step_tokens
-        self._step_start = None
+        with hold_interrupt():  # weights, optimizer state and counters move together, or not at all
+            self.optimizer.step()
+            fault("optimizer")
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.after_step is not None:
+                self.after_step(self.model)
+            self.step += 1
+            self.tokens_seen += step_tokens
+            self._step_start = None
         return loss, lr
 
     @torch.no_grad()
@@ -246,8 +275,9 @@ class Trainer:
 
     def interrupted(self) -> None:
         """Ctrl-C in one process: checkpoint and say how to continue. Weights change only inside
-        optimizer.step(), so a step cut short is saved with the sampler/RNG state of its start: --resume
-        redraws its batches."""
+        optimizer.step(), which Ctrl-C waits for (with the counters), so a step cut short is saved with the
+        sampler/RNG state of its start: --resume redraws its batches. Between steps (an evaluation, a
+        checkpoint being written) the state of now is the next step's start."""
         self.log.bar.close()
         self.optimizer.zero_grad(set_to_none=True)
         self.checkpoint(*(self._step_start or (None, None)))
@@ -256,61 +286,14 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self, batches_state=None, rng_state=None) -> None:
-        """model.safetensors and train_state.pt (see checkpoint.py), plus the task's own files; under
-        torchrun the sharded model and optimizer go to train_state/ and rank 0 writes the single files."""
-        if self.dist.enabled:
-            def export(full_state: dict) -> None:
-                plain = build_model(self.cfg.model)
-                plain.load_state_dict(full_state)
-                save_weights(plain, self.out_dir / "model.safetensors", self.step)
-            distributed.save_checkpoint(self.dist, self.model, self.optimizer, self.out_dir, self.step, export)
-            if self.dist.is_main:
-                save_train_state(self._state(batches_state, rng_state), self.out_dir / "train_state.pt")
-            return
-        save_weights(self.model, self.out_dir / "model.safetensors", self.step)
-        save_train_state(self._state(batches_state, rng_state), self.out_dir / "train_state.pt")
-        self.task.save(self, self.out_dir)
+        """The task's files, model.safetensors and train_state.pt, switched in by one rename (checkpoint.py);
+        under torchrun the sharded model and optimizer go to train_state/ and rank 0 writes the single files."""
+        ckpt.save(self, batches_state, rng_state)
 
-    def _state(self, batches_state=None, rng_state=None) -> dict:
-        state = {
-            "step": self.step, "tokens_seen": self.tokens_seen, "best_val": self.best_val,
-            "rng": rng_state if rng_state is not None else torch.get_rng_state(),
-            "batches": batches_state or self.train_batches.state_dict(),
-            "global_batch": self.global_batch, "best_metric": self.best_metric,
-        }
-        if not self.dist.enabled:  # under torchrun the optimizer state lives in train_state/ (DCP)
-            state["optimizer"] = self.optimizer.state_dict()
-        return state
-
-    def _load_state(self) -> None:
-        """--resume: the weights, optimizer, sampler and RNG state, and counters of the last checkpoint."""
-        state = load_train_state(self.out_dir / "train_state.pt")
-        if "optimizer" not in state:  # written under torchrun: any world size, or one process
-            distributed.load_checkpoint(self.model, self.optimizer, self.out_dir, state["step"])
-        elif self.dist.mode == "fsdp":  # written by one process: load a plain copy, then shard it
-            plain = build_model(self.cfg.model)
-            plain_optimizer = make_optimizer(plain, self.cfg.train, "cpu")
-            self._load_single_process(state, plain, plain_optimizer)
-            distributed.load_full_state(self.model, self.optimizer, plain, plain_optimizer)
-        else:  # written by one process; under DDP every rank reads the same file into its replica
-            self._load_single_process(state, self.model, self.optimizer)
-        torch.set_rng_state(state["rng"])
-        if state.get("global_batch", self.global_batch) != self.global_batch and self.progress:
-            print(f"note: the global batch was {state['global_batch']} sequences per step and is now "
-                  f"{self.global_batch} "
-                  f"(batch_size × gradient_accumulation_steps × ranks); set batch_size to keep it", flush=True)
-        if self.dist.rank:
-            torch.manual_seed(self.cfg.train.seed + self.dist.rank + state["step"])
-        self.train_batches.load_state_dict(state["batches"])
-        self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val"]
-        self.best_metric = state.get("best_metric", self.best_metric)
-
-    def _load_single_process(self, state: dict, model, optimizer) -> None:
-        weights_step = load_weights(model, self.out_dir / "model.safetensors")
-        if weights_step != state["step"]:
-            raise LmkitError(f"{self.out_dir}: model.safetensors (step {weights_step}) and train_state.pt "
-                             f"(step {state['step']}) disagree; the checkpoint is incomplete")
-        optimizer.load_state_dict(state["optimizer"])
+    def _remove_if_failed(self) -> None:
+        """Failed before the first checkpoint: remove the folder this run made (lmkit's files in it)."""
+        if self.dist.is_main:
+            remove_failed(self.run_dir)
 
 
 def train(config, resume: bool = False, overwrite: bool = False, progress: bool = True,
