@@ -240,3 +240,19 @@ def test_import_hf_keeps_the_template(tmp_path):
     lm, base = lmkit.load(out), lmkit.load(folder)
     assert lm.chat_prompt([("system", "Be brief."), ("user", "Hello")]) == base.chat_prompt(
         [("system", "Be brief."), ("user", "Hello")])
+
+
+def test_export_hf_keeps_the_models_own_template_and_special_tokens(tmp_path):
+    from transformers import AutoTokenizer
+    from lmkit.runs.hf import import_hf
+    from lmkit.runs.hf_export import export_hf
+    folder = hf_folder(tmp_path / "src", **FAMILIES["llama3"])
+    tiny_gpt2(folder)
+    out = export_hf(import_hf(folder, tmp_path / "run"), tmp_path / "back")
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    want = AutoTokenizer.from_pretrained(folder).apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    got = AutoTokenizer.from_pretrained(out).apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert got == want and want.startswith("<|begin_of_text|>")
+    config = json.loads((out / "config.json").read_text())
+    source = json.loads((folder / "generation_config.json").read_text())
+    assert config["eos_token_id"] == source["eos_token_id"]

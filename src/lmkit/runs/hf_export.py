@@ -97,8 +97,18 @@ def model_files(run: Run, fmt: str) -> tuple[dict, dict, dict]:
     hc.update(bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
     eot = tok.hf.id_to_token(tok.eot_id) if tok.eot_id is not None else None
     tc = {"bos_token": eot, "eos_token": eot}
-    if run.chat_template is not None and run.chat_template.special:  # a chat fine-tune: apply_chat_template
-        tc["chat_template"] = run.chat_template.jinja()
+    template = run.chat_template
+    if template is not None and template.special:  # a chat fine-tune or a model's own: apply_chat_template
+        tc["chat_template"] = template.jinja()
+    tokens, eos_ids = getattr(template, "tokens", None), getattr(template, "eos_ids", None)
+    if tokens:  # a model's own (Jinja) template: its special tokens and end-of-turn ids, as it shipped them
+        tc.update(tokens)
+        for name in ("bos_token", "eos_token"):
+            i = tok.hf.token_to_id(tokens[name]) if tokens.get(name) else None
+            if i is not None:
+                hc[f"{name}_id"] = i
+    if eos_ids:
+        hc["eos_token_id"] = eos_ids if len(eos_ids) > 1 else eos_ids[0]
     return to_hf(gpt_hf.names(m, fmt), weights(run.model)), hc, tc
 
 
