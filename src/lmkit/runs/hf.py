@@ -256,8 +256,8 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path
     os.close(fd)
     try:  # the weights first (the slow part; nothing at `out` until they are complete), then the run around them
         write_streamed(Path(tmp), shapes, produce, {"format": "pt", "step": "0"})
-        out = save_native(out, cfg, tok, state_dict={}, chat_template=load_template(src, tok), overwrite=overwrite)
-        os.replace(tmp, out / "model.safetensors")
+        out = save_native(out, cfg, tok, state_dict={}, chat_template=load_template(src, tok), overwrite=overwrite,
+                          weights_file=Path(tmp))  # moved into the new folder before it is renamed into place
     finally:
         Path(tmp).unlink(missing_ok=True)
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -109,9 +110,10 @@ def read_native(path: Path, kind: str) -> Run:
 # ---- writing ----------------------------------------------------------------------------------------
 def save_native(out: str | Path, config, tokenizer, model=None, state_dict=None, chat_template=None,
                 marker: tuple[str, dict] | None = None, step: int = 0, overwrite: bool = False,
-                metadata: dict | None = None) -> Path:
+                metadata: dict | None = None, weights_file: Path | None = None) -> Path:
     """Write a run directory: config.json (with train.out_dir = out), tokenizer.json, model.safetensors
-    (from `model`, or from `state_dict` as given, e.g. int8), the chat template when it has special tokens,
+    (from `model`, from `state_dict` as given, e.g. int8, or the finished `weights_file` moved in), the chat
+    template when it has special tokens,
     and `marker` = (kind, record) for a derived kind. A new folder is built beside and renamed into place
     whole; an existing one (with `overwrite`) has lmkit's files replaced one by one."""
     out = check_target(out, overwrite)
@@ -130,7 +132,11 @@ def save_native(out: str | Path, config, tokenizer, model=None, state_dict=None,
         tokenizer.save(d / "tokenizer.json")
         if chat_template is not None and chat_template.special:
             chat_template.save(d)
-        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt", "step": str(step), **(metadata or {})})
+        if weights_file is not None:  # written already (e.g. streamed by import-hf): moved in with the rest
+            os.replace(weights_file, d / "model.safetensors")
+        else:
+            save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt", "step": str(step),
+                                                                  **(metadata or {})})
         if marker is not None:
             (d / MARKERS[marker[0]]).write_text(json.dumps(marker[1], indent=2, ensure_ascii=False) + "\n",
                                                 encoding="utf-8")
