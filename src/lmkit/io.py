@@ -13,6 +13,15 @@ from pathlib import Path
 
 from .errors import LmkitError
 
+UMASK = os.umask(0)  # the process's umask, read once (os.umask can only be read by setting it) ...
+os.umask(UMASK)  # ... and put back at once
+
+
+def user_mode(path: str | Path, folder: bool = False) -> None:
+    """Give a temp file (0600) or folder (0700) the mode a plain open()/mkdir() would: 0666 / 0777 less
+    the umask, so a run can be read by other users and servers as the user's umask allows."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~UMASK)
+
 
 @contextmanager
 def atomic_path(path: str | Path, fsync: bool = False):
@@ -24,6 +33,7 @@ def atomic_path(path: str | Path, fsync: bool = False):
     os.close(fd)
     try:
         yield Path(tmp)
+        user_mode(tmp)
         if fsync:
             sync(tmp)
         os.replace(tmp, path)
@@ -74,8 +84,11 @@ def atomic_dir(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    user_mode(tmp, folder=True)
     try:
         yield tmp
+        for inside in tmp.rglob("*"):  # some writers (safetensors) create their files 0600
+            user_mode(inside, folder=inside.is_dir())
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from ..chat import load_template
 from ..config import Config, validate
 from ..errors import LmkitError
+from ..io import user_mode
 from ..models import bert_hf, build_model, gpt_hf
 from ..models.classifier import Classifier
 from ..models.hf_names import from_hf, join, plan
@@ -256,6 +257,7 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path
     os.close(fd)
     try:  # the weights first (the slow part; nothing at `out` until they are complete), then the run around them
         write_streamed(Path(tmp), shapes, produce, {"format": "pt", "step": "0"})
+        user_mode(tmp)
         out = save_native(out, cfg, tok, state_dict={}, chat_template=load_template(src, tok), overwrite=overwrite,
                           weights_file=Path(tmp))  # moved into the new folder before it is renamed into place
     finally:

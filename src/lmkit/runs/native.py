@@ -22,14 +22,14 @@ from safetensors.torch import load_file, safe_open, save_file, save_model
 from ..chat import load_template
 from ..config import load_json, save_json
 from ..errors import LmkitError
-from ..io import atomic_dir, atomic_path, atomic_write_text
+from ..io import atomic_dir, atomic_path, atomic_write_text, user_mode
 from ..models import build_model
 from ..models.int8 import dynamic_int8, unpack_state
 from ..models.lora import add_lora, adapter_state, merge_lora
 from ..tokenizer import Tokenizer
 from .detect import MARKERS, read_json
 from .record import Run
-from .target import check_target, clear, holds_files
+from .target import OWN_FILES, check_target, clear, holds_files
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 
@@ -145,6 +145,9 @@ def save_native(out: str | Path, config, tokenizer, model=None, state_dict=None,
     if holds_files(out):  # --overwrite: lmkit's files are replaced, anything else of the user's stays
         clear(out)
         write(out)
+        for f in OWN_FILES:  # as atomic_dir does for a new folder: the user's umask, not a writer's 0600
+            if (out / f).is_file():
+                user_mode(out / f)
     else:
         with atomic_dir(out) as tmp:
             write(tmp)
