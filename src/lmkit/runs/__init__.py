@@ -24,7 +24,7 @@ from ..errors import LmkitError
 from .detect import detect, refusal
 from .open import CAUSAL, ENCODERS, FLOAT, MODELS, NATIVE_FLOAT, open_run, save_run
 from .record import Run
-from .target import check_target
+from ..io import check_target
 
 __all__ = ["Run", "open_run", "save_run", "check_target", "detect", "refusal", "MODELS", "FLOAT",
            "NATIVE_FLOAT", "CAUSAL", "ENCODERS", "LmkitError"]

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from ..chat import load_template
 from ..config import Config, validate
 from ..errors import LmkitError
-from ..io import user_mode
+from ..io import check_target, holds_files, user_mode
 from ..models import bert_hf, build_model, gpt_hf
 from ..models.classifier import Classifier
 from ..models.hf_names import from_hf, join, plan
@@ -37,7 +37,7 @@ from .classifier import save_classifier
 from .detect import HF_FAMILIES, detect, read_json, refusal
 from .native import check_fit, fit_weights, save_native
 from .record import Run
-from .target import check_target, clear, holds_files
+from .target import clear
 
 SUPPORTED = tuple(HF_FAMILIES)  # the model_types import-hf takes
 

@@ -19,12 +19,12 @@ from safetensors.torch import save_file
 
 from ..config import Config
 from ..errors import LmkitError
-from ..io import atomic_path, atomic_write_text
+from ..io import atomic_path, atomic_write_text, check_target, holds_files
 from ..models import bert_hf, gpt_hf
 from ..models.hf_names import to_hf
 from .open import FLOAT, open_run
 from .record import Run
-from .target import check_target, clear, holds_files
+from .target import clear
 
 EXPORTABLE = (*FLOAT, "classifier")
 BERT_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",

@@ -22,14 +22,14 @@ from safetensors.torch import load_file, safe_open, save_file, save_model
 from ..chat import load_template
 from ..config import load_json, save_json
 from ..errors import LmkitError
-from ..io import atomic_dir, atomic_path, atomic_write_text, user_mode
+from ..io import atomic_dir, atomic_path, atomic_write_text, check_target, holds_files, user_mode
 from ..models import build_model
 from ..models.int8 import dynamic_int8, unpack_state
 from ..models.lora import add_lora, adapter_state, merge_lora
 from ..tokenizer import Tokenizer
 from .detect import MARKERS, read_json
 from .record import Run
-from .target import OWN_FILES, check_target, clear, holds_files
+from .target import OWN_FILES, clear
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..io import check_target, holds_files  # noqa: F401  (the one target check, re-exported for runs/)
 
 # every file and folder lmkit writes into a run or model directory; --overwrite removes these only,
 # never anything else a user keeps there

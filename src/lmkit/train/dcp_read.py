@@ -1,7 +1,8 @@
 """What lmkit reads of a torch.distributed.checkpoint (DCP) folder, without DCP's own unpickling.
 
-DCP's FileSystemReader unpickles `.metadata` and its load planner unpickles every non-tensor value
-(torch.load(weights_only=False)): a crafted checkpoint could run code. lmkit reads `.metadata` with
+Left to itself, DCP's FileSystemReader unpickles `.metadata` and its DefaultLoadPlanner unpickles every
+non-tensor value with an unrestricted torch.load: a crafted checkpoint could run code. lmkit never lets
+either happen: it overrides both (Reader.read_metadata, Planner.load_bytes below). It reads `.metadata` with
 MetadataUnpickler, which allows only what torch writes there (the classes of
 torch.distributed.checkpoint.metadata, torch dtypes and sizes, layouts, paths and the file reader's
 _StorageInfo: found by loading real DDP and FSDP checkpoints), hands the result to DCP's reader, and reads
