@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lmkit"
 LAYERS = [  # a module may import modules of its own layer or a lower one, never a higher one
-    ["errors", "io", "sampling_config", "config", "tokenizer", "chat", "chat_jinja"],
+    ["errors", "io", "sampling_config", "config_rules", "config", "tokenizer", "chat", "chat_jinja"],
     ["models", "data"],
     ["runs"],
     ["sampling", "engine", "textstream", "beam"],
