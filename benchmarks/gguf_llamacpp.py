@@ -2,11 +2,12 @@
 
     pip install llama-cpp-python      # builds llama.cpp from its PyPI source: cmake and a C++ compiler
                                       # (apt-get install cmake build-essential); about 10 minutes on 2 cores
-    python benchmarks/gguf_llamacpp.py [RUN] [--tokens 32] [--prompts 8]
+    python benchmarks/gguf_llamacpp.py [RUN] [--tokens 32] [--prompts 8] [--family llama|qwen2]
 
 Not run in CI (it needs that build); this script installs nothing. Without RUN it trains a small Llama-style
 model (rope, RMSNorm, SwiGLU, grouped-query attention, byte-level BPE) on the built-in Shakespeare corpus for a
-few hundred steps, so that greedy decoding is not a string of near-ties. Each --type (f16, q8_0, q4_0) is
+few hundred steps, so that greedy decoding is not a string of near-ties (--family qwen2: with biases on q/k/v,
+which export-gguf writes under llama.cpp's qwen2 architecture). Each --type (f16, q8_0, q4_0) is
 exported with `lmkit export-gguf`, loaded by llama-cpp-python, and both decode the same prompt ids greedily:
 the table gives, per type, how many prompts' continuations match exactly, how many tokens match in all, and
 the mean length of the common prefix. f16 is expected to match on every prompt (up to the odd near-tie that
@@ -15,6 +16,7 @@ float16 weights flip); the quantized types report how close they stay.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,13 +29,14 @@ PROMPTS = ["ROMEO:", "First Citizen:\nBefore we proceed", "KING HENRY:\nO God", 
            "JULIET:\nO Romeo, Romeo", "MACBETH:\nIs this a dagger", "Enter", "LEAR:\nBlow, winds", "O, what a"]
 
 
-def train_small(out: Path) -> Path:
+def train_small(out: Path, family: str = "llama") -> Path:
     from lmkit import Config, train
     cfg = Config()
     cfg.data.data, cfg.data.tokenizer, cfg.data.vocab_size = "shakespeare", "bpe", 1024
     m = cfg.model
     m.n_layer, m.n_head, m.n_kv_head, m.n_embd, m.block_size = 4, 4, 2, 128, 128
     m.pos, m.norm, m.mlp, m.bias, m.mlp_hidden = "rope", "rmsnorm", "swiglu", False, 352
+    m.qkv_bias = family == "qwen2"
     t = cfg.train
     t.out_dir, t.max_iters, t.batch_size, t.eval_interval, t.dtype = str(out), 400, 16, 200, "float32"
     return train(cfg, progress=False).out_dir
@@ -69,6 +72,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--types", default="f16,q8_0,q4_0")
+    ap.add_argument("--family", choices=["llama", "qwen2"], default="llama", help="the small model trained without RUN")
     a = ap.parse_args()
     try:
         from llama_cpp import Llama
@@ -78,7 +82,7 @@ def main() -> None:
     from lmkit.runs.gguf import export_gguf
 
     tmp = Path(tempfile.mkdtemp(prefix="lmkit-gguf-"))
-    run_dir = Path(a.run) if a.run else train_small(tmp / "run")
+    run_dir = Path(a.run) if a.run else train_small(tmp / "run", a.family)
     run = open_run(run_dir, purpose="the GGUF benchmark")
     prompts = [run.tokenizer.encode(p) for p in PROMPTS[:a.prompts]]
     n = min(a.tokens, run.config.model.block_size - max(map(len, prompts)))
@@ -91,15 +95,19 @@ def main() -> None:
                        zip(PROMPTS, prompts))
         theirs = [llamacpp_greedy(llm, p, n) for p in prompts]
         prefix = [common_prefix(x, y) for x, y in zip(ours, theirs)]
-        rows.append([kind, f"{r['bytes'] / 1e6:.2f}", "yes" if same_ids else "no",
+        rows.append([kind, r.get("arch", "llama"), f"{r['bytes'] / 1e6:.2f}", "yes" if same_ids else "no",
                      f"{sum(x == y for x, y in zip(ours, theirs))}/{len(prompts)}",
                      f"{sum(sum(u == v for u, v in zip(x, y)) for x, y in zip(ours, theirs))}/{n * len(prompts)}",
                      f"{sum(prefix) / len(prefix):.1f}"])
         del llm
-    report("GGUF export: lmkit vs llama.cpp greedy tokens",
-           ["type", "MB", "same prompt ids", "prompts identical", "tokens equal", "mean common prefix"], rows,
-           notes=f"{len(prompts)} prompts x {n} greedy tokens; run {run_dir} "
-                 f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters).")
+    import llama_cpp
+    what = f"run {run_dir}" if a.run else f"a small {a.family}-style model trained here on Shakespeare"
+    report(f"GGUF export: lmkit vs llama.cpp greedy tokens (llama-cpp-python {llama_cpp.__version__})",
+           ["type", "architecture", "MB", "same prompt ids", "prompts identical", "tokens equal",
+            "mean common prefix"], rows,
+           notes=f"{len(prompts)} prompts x {n} greedy tokens; {what} "
+                 f"({sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M parameters); load average at the "
+                 f"end {' '.join(f'{x:.2f}' for x in os.getloadavg())} (token agreement does not depend on load).")
 
 
 if __name__ == "__main__":

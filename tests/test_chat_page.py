@@ -70,12 +70,14 @@ def test_chat_page_streams_a_reply(trained_run, browser, tmp_path):
         assert partial and all(final.startswith(s) for s in partial), "the reply did not arrive piece by piece"
         assert browser.find_element("css selector", ".msg.user").text == "To be"
         # text is shown as text, never parsed as HTML; the whole conversation no longer fits the 32-token
-        # context, so the page drops the oldest turns and retries instead of showing an error
+        # context, so the server (truncate_history) leaves out the oldest turns instead of answering 400
         browser.find_element("id", "prompt").send_keys("<b>x</b>床")
         browser.find_element("id", "send").click()
         wait_for(lambda: browser.execute_script("return document.querySelectorAll('.msg.assistant[data-done]').length") == 2)
         assert browser.execute_script("return document.querySelectorAll('#messages b').length") == 0
         assert browser.find_elements("css selector", ".msg.user")[1].text == "<b>x</b>床"
         assert not browser.find_elements("css selector", ".msg.error")
+        notes = browser.find_elements("css selector", ".msg.note")  # and it says so, once, above the reply
+        assert len(notes) == 1 and "oldest message" in notes[0].text and "left out" in notes[0].text
         shot = tmp_path / "chat.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 5000

@@ -143,3 +143,15 @@ def test_gpt_run_as_base(trained_run, files, tmp_path):
     assert 0 <= r["accuracy"] <= 1
     meta = json.loads((files[2] / "gptbase" / "classifier.json").read_text())
     assert meta["backbone"] == "gpt" and meta["pooling"] == "last" and meta["max_len"] == 16
+
+
+def test_a_csv_row_cut_at_an_unquoted_comma_is_refused(tmp_path):
+    from lmkit.errors import LmkitError
+    from lmkit.finetune.tabular import read_labeled
+    good = tmp_path / "good.csv"
+    good.write_text('text,label\n"fine, really",pos\n', encoding="utf-8")
+    assert read_labeled(good).texts == ["fine, really"]  # quoting honoured
+    bad = tmp_path / "bad.csv"
+    bad.write_text('text,label\n"fine, really",pos\nnot, quoted,neg\n', encoding="utf-8")
+    with pytest.raises(LmkitError, match=r"row 2 has 3 fields, the header 2 .*quote a text"):
+        read_labeled(bad, need_labels=False)

@@ -72,17 +72,17 @@ def test_in_process_errors_return_nonzero(tmp_path, capsys):
 
 # every command of `lmkit --help`, and for each leaf (a command, or a command's subcommand) the smallest
 # argv that parses, with the handler it must reach
-COMMANDS = ["quickstart", "tokenizer", "prepare", "train", "grow", "plot", "generate", "chat", "fill-mask",
-            "finetune", "predict", "evaluate", "explain", "import-hf", "export-hf", "quantize", "prune",
+COMMANDS = ["quickstart", "tokenizer", "prepare", "train", "grow", "config", "plot", "generate", "chat", "fill-mask",
+            "finetune", "predict", "evaluate", "explain", "report", "import-hf", "export-hf", "quantize", "prune",
             "export-onnx", "export-gguf", "embed", "search", "serve"]
 LEAVES = {
     "quickstart": [], "tokenizer train": ["d", "--out", "t.json"], "prepare": ["d", "--out", "o"], "train": ["c.toml"],
-    "grow": ["r", "--n-layer", "2", "--out", "o"], "plot": ["r"], "generate": ["r"], "chat": ["r"],
+    "grow": ["r", "--n-layer", "2", "--out", "o"], "config": [], "plot": ["r"], "generate": ["r"], "chat": ["r"],
     "fill-mask": ["r", "[MASK]"], "finetune classify": ["--train", "t", "--eval", "e", "--out", "o", "--model", "gpt"],
-    "finetune sft": ["--base", "r", "--data", "d", "--out", "o"], "finetune merge": ["r", "o"], "predict": ["r", "x"],
-    "evaluate": ["r", "--data", "d"], "explain": ["r", "x"], "import-hf": ["h", "o"], "export-hf": ["r", "o"],
-    "quantize": ["r", "--out", "o"], "prune": ["r", "--out", "o"], "export-onnx": ["r", "o.onnx"],
-    "export-gguf": ["r", "o.gguf"],
+    "finetune sft": ["--base", "r", "--data", "d", "--out", "o"], "finetune merge": ["r", "--out", "o"], "predict": ["r", "x"],
+    "evaluate": ["r", "--data", "d"], "explain": ["r", "x"], "report": ["r"], "import-hf": ["h", "--out", "o"], "export-hf": ["r", "--out", "o"],
+    "quantize": ["r", "--out", "o"], "prune": ["r", "--out", "o"], "export-onnx": ["r", "--out", "o.onnx"],
+    "export-gguf": ["r", "--out", "o.gguf"],
     "embed": ["--data", "d", "--out", "o"], "search": ["i", "q"], "serve": ["r"],
 }
 HEAVY = ("torch", "numpy", "transformers", "fastapi", "tokenizers", "safetensors")
@@ -192,3 +192,9 @@ def test_train_resume_without_config_reads_the_runs_config(tmp_path):
         training_config(None, [f"out_dir={tmp_path / 'none'}"], resume=True)
     with pytest.raises(LmkitError, match="needs --set out_dir"):
         training_config(None, [], resume=True)
+
+
+def test_wordpiece_decoding_joins_cjk_characters():
+    from lmkit.tokenizer import Tokenizer
+    tok = Tokenizer.train(["床前明月光，疑是地上霜 hello world"] * 50, kind="wordpiece", vocab_size=120)
+    assert tok.decode(tok.encode("床前明月光，疑是地上霜 hello world")) == "床前明月光，疑是地上霜 hello world"

@@ -24,6 +24,7 @@ CONFIGS = {
                       presence_penalty=0.3),
     "greedy-penalised": dict(temperature=0, repetition_penalty=1.5, frequency_penalty=0.4),
     "nucleus": dict(temperature=1.2, top_k=None, top_p=0.9, min_p=0.02, seed=11),
+    "biased": dict(temperature=0.9, top_k=20, seed=3, logit_bias={3: 2.0, 7: -100.0}),  # OpenAI's logit_bias
 }
 PROMPTS = [[5, 9, 2, 7, 1, 3, 8, 30, 12, 4], [4], [11, 12, 13], [6, 6, 6, 6, 6]]
 

@@ -55,9 +55,11 @@ def values(t) -> torch.Tensor:
 
 
 def reference_logits(w: dict, ids: torch.Tensor, meta: dict) -> torch.Tensor:
-    """llama.cpp's `llama` forward pass written from the GGUF file alone: rope on adjacent pairs (2i, 2i+1)."""
-    L, H, KV = (meta[f"llama.{k}"] for k in ("block_count", "attention.head_count", "attention.head_count_kv"))
-    eps, base = meta["llama.attention.layer_norm_rms_epsilon"], meta["llama.rope.freq_base"]
+    """llama.cpp's forward pass written from the GGUF file alone: `llama` ropes adjacent pairs (2i, 2i+1), `qwen2`
+    and `qwen3` halves (i, i + d/2); q/k/v biases and per-head q/k norms where the file has them."""
+    arch = meta["general.architecture"]
+    L, H, KV = (meta[f"{arch}.{k}"] for k in ("block_count", "attention.head_count", "attention.head_count_kv"))
+    eps, base = meta[f"{arch}.attention.layer_norm_rms_epsilon"], meta[f"{arch}.rope.freq_base"]
     norm = lambda x, g: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * g  # noqa: E731
     x = w["token_embd.weight"][ids]
     T = ids.numel()
@@ -65,16 +67,20 @@ def reference_logits(w: dict, ids: torch.Tensor, meta: dict) -> torch.Tensor:
     freqs = base ** (-torch.arange(0, d, 2) / d) / w.get("rope_freqs.weight", 1.0)  # llama.cpp: f / factor
     angle = torch.arange(T)[:, None] * freqs  # (T, d/2)
 
-    def rope(v):  # (T, heads, d): rotate each adjacent pair
-        a, b = v[..., 0::2], v[..., 1::2]
+    def rope(v):  # (T, heads, d): rotate each adjacent pair (llama) or each (i, i + d/2) pair (neox)
+        a, b = (v[..., 0::2], v[..., 1::2]) if arch == "llama" else v.chunk(2, dim=-1)
         c, s = angle.cos()[:, None], angle.sin()[:, None]
-        return torch.stack((a * c - b * s, b * c + a * s), dim=-1).flatten(-2)
+        turned = (a * c - b * s, b * c + a * s)
+        return torch.stack(turned, dim=-1).flatten(-2) if arch == "llama" else torch.cat(turned, dim=-1)
 
     for i in range(L):
         p = lambda n: w[f"blk.{i}.{n}.weight"]  # noqa: E731
         h = norm(x, p("attn_norm"))
-        q, k, v = (h @ p(n).T for n in ("attn_q", "attn_k", "attn_v"))
-        q, k, v = rope(q.view(T, H, d)), rope(k.view(T, KV, d)), v.view(T, KV, d)
+        q, k, v = (h @ p(n).T + w.get(f"blk.{i}.{n}.bias", 0.0) for n in ("attn_q", "attn_k", "attn_v"))
+        q, k, v = q.view(T, H, d), k.view(T, KV, d), v.view(T, KV, d)
+        if f"blk.{i}.attn_q_norm.weight" in w:
+            q, k = norm(q, p("attn_q_norm")), norm(k, p("attn_k_norm"))
+        q, k = rope(q), rope(k)
         k, v = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)
         att = torch.einsum("thd,shd->hts", q, k) / d ** 0.5
         att = att.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
@@ -97,7 +103,7 @@ def test_f16_metadata_tensors_and_logits(tmp_path, tok):
     expect = {"general.architecture": "llama", "llama.block_count": 2, "llama.context_length": 64,
               "llama.embedding_length": 64, "llama.feed_forward_length": 96, "llama.attention.head_count": 4,
               "llama.attention.head_count_kv": 2, "llama.rope.dimension_count": 16, "llama.vocab_size": tok.vocab_size,
-              "general.file_type": 1, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt2",
+              "general.file_type": 1, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
               "tokenizer.ggml.eos_token_id": tok.eot_id, "tokenizer.ggml.bos_token_id": tok.eot_id,
               "tokenizer.ggml.add_bos_token": False}
     assert {k: meta.get(k) for k in expect} == expect
@@ -168,24 +174,43 @@ def test_llama3_rope_and_own_head_size(tmp_path, tok):
     assert (reference_logits(w, ids, meta) - ours).abs().max() < 5e-3
 
 
+@pytest.mark.parametrize("arch, options", [("qwen2", dict(qkv_bias=True)),
+                                           ("qwen3", dict(qk_norm=True, head_size=32, tie_embeddings=True))])
+def test_qwen2_and_qwen3_get_their_own_architecture(tmp_path, tok, arch, options):
+    """Biases on q/k/v (qwen2) and per-head q/k norms (qwen3), rows in order: llama.cpp ropes halves there."""
+    run, net = make_run(tmp_path / "run", tok, **options)  # biases and norm gains random, q/k sharp
+    r = export_gguf(run, tmp_path / "m.gguf")
+    meta, tensors = read(r["path"])
+    assert r["arch"] == meta["general.architecture"] == arch and meta[f"{arch}.block_count"] == 2
+    assert ("blk.0.attn_q.bias" in tensors) == (arch == "qwen2") and "blk.0.attn_output.bias" not in tensors
+    assert ("blk.1.attn_k_norm.weight" in tensors) == (arch == "qwen3")
+    w = {n: values(t) for n, t in tensors.items()}
+    q_rows = 4 * net.config.head_dim
+    assert torch.allclose(w["blk.0.attn_q.weight"], net.state_dict()["h.0.attn.qkv.weight"][:q_rows], atol=1e-3)
+    ids = torch.tensor(tok.encode(TEXT[:60])[:24])
+    with torch.no_grad():
+        ours = net(ids[None])[0][0]
+    assert (reference_logits(w, ids, meta) - ours).abs().max() < 5e-3
+
+
 def test_refusals_are_one_line(tmp_path, tok, capsys):
     gpt2, _ = make_run(tmp_path / "gpt2", tok, pos="learned", norm="layernorm", mlp="gelu", bias=True)
-    assert main(["export-gguf", str(gpt2), str(tmp_path / "a.gguf")]) == 2
+    assert main(["export-gguf", str(gpt2), "--out", str(tmp_path / "a.gguf")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "pos = learned" in err
     char = Tokenizer.train([TEXT], kind="char")
     run, _ = make_run(tmp_path / "char", char, template=None)
-    assert main(["export-gguf", str(run), str(tmp_path / "b.gguf")]) == 2
+    assert main(["export-gguf", str(run), "--out", str(tmp_path / "b.gguf")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "byte-level BPE" in err
     assert not (tmp_path / "a.gguf").exists() and not (tmp_path / "b.gguf").exists()
 
     ok, _ = make_run(tmp_path / "ok", tok)
     out = tmp_path / "c.gguf"
-    assert main(["export-gguf", str(ok), str(out), "--type", "q8_0"]) == 0
+    assert main(["export-gguf", str(ok), "--out", str(out), "--type", "q8_0"]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert main(["export-gguf", str(ok), str(out)]) == 2
+    assert main(["export-gguf", str(ok), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["export-gguf", str(ok), str(out), "--overwrite"]) == 0
+    assert main(["export-gguf", str(ok), "--out", str(out), "--overwrite"]) == 0
     with pytest.raises(LmkitError, match="unknown type 'q2_k'"):
         export_gguf(ok, tmp_path / "d.gguf", "q2_k")

@@ -393,7 +393,7 @@ def test_export_hf_refuses_an_int8_run_in_one_line(tmp_path, tok, capsys):
     run, _ = make_run(tmp_path, tok)
     quantize_int8(run, tmp_path / "int8")
     capsys.readouterr()
-    assert main(["export-hf", str(tmp_path / "int8"), str(tmp_path / "hf")]) == 2
+    assert main(["export-hf", str(tmp_path / "int8"), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert f"{tmp_path / 'int8'} is an int8 run" in err and "float run it came from" in err

@@ -106,8 +106,8 @@ def test_family_matches_transformers_imports_generates_and_exports(tmp_path, tok
     ours = torch.stack(list(generate_ids(lm.model, prompts, SamplingConfig(max_new_tokens=24, temperature=0))), 1)
     assert ours.tolist() == ref.tolist(), family
     # (c) import-hf, export-hf: transformers loads the result, every weight in place, the same logits
-    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 0
-    assert main(["export-hf", str(tmp_path / "run"), str(tmp_path / "back")]) == 0
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
+    assert main(["export-hf", str(tmp_path / "run"), "--out", str(tmp_path / "back")]) == 0
     assert json.loads((tmp_path / "back" / "config.json").read_text())["model_type"] == FAMILIES[family][2]
     back, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
@@ -149,7 +149,7 @@ def test_unsupported_options_are_refused_in_one_line(tmp_path, tok, change, mess
     with pytest.raises(LmkitError, match="config.json: " + re.escape(message)):
         lmkit.load(tmp_path / "hf")
     capsys.readouterr()
-    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 2
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and not (tmp_path / "run").exists()
 
@@ -160,7 +160,7 @@ def test_import_streams_shards_and_keeps_their_dtype(tmp_path, tok):
     tok.save(tmp_path / "sharded" / "tokenizer.json")
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # several shard files
-    assert main(["import-hf", str(tmp_path / "sharded"), str(tmp_path / "run")]) == 0
+    assert main(["import-hf", str(tmp_path / "sharded"), "--out", str(tmp_path / "run")]) == 0
     streamed = load_file(tmp_path / "run" / "model.safetensors")
     whole = lmkit.load(tmp_path / "sharded").model.state_dict()  # read whole, in memory, into an fp32 model
     assert {v.dtype for v in streamed.values()} == {torch.bfloat16} and "lm_head.weight" not in streamed
@@ -213,7 +213,7 @@ def test_the_rest_of_the_path_works_on_an_imported_qwen2(tmp_path, tok, monkeypa
     from lmkit.serve import create_app
     make("qwen2-tied", tmp_path / "hf", tok)
     run, text, chat = tmp_path / "run", tmp_path / "t.txt", tmp_path / "chat.jsonl"
-    assert main(["import-hf", str(tmp_path / "hf"), str(run)]) == 0
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(run)]) == 0
     text.write_text(TEXT[:600], encoding="utf-8")
     chat.write_text("".join(json.dumps({"instruction": f"say {w}", "output": w}) + "\n"
                             for w in ["fox", "dog", "quick", "lazy"] * 5), encoding="utf-8")

@@ -8,12 +8,13 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lmkit"
 LAYERS = [  # a module may import modules of its own layer or a lower one, never a higher one
-    ["errors", "io", "sampling_config", "config_rules", "config", "tokenizer", "chat", "chat_jinja"],
+    ["errors", "io", "sampling_config", "config_rules", "config", "config_help", "tokenizer", "chat", "chat_jinja",
+     "chat_tools"],
     ["models", "data"],
     ["runs"],
-    ["sampling", "engine", "textstream", "beam"],
+    ["sampling", "engine", "textstream", "beam", "grammar"],
     ["api"],
-    ["train", "finetune", "evaluate", "compress", "search", "explain", "viz", "serve"],
+    ["train", "finetune", "evaluate", "compress", "search", "explain", "viz", "report", "report_svg", "serve"],
     ["cli", "__init__", "__main__"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -13,15 +13,15 @@ import pytest
 from conftest import tiny_config
 
 KINDS = ["gpt", "lstm", "bert", "hf-gpt2", "hf-bert", "int8", "pruned", "lora", "merged", "classifier", "index",
-         "data", "empty", "missing", "corrupt-config", "corrupt-weights"]
+         "data", "empty", "missing", "corrupt-config", "corrupt-weights", "peft"]
 # what a refusal must say for each kind
 NAMES = {"gpt": "GPT run", "lstm": "LSTM run", "bert": "BERT run", "hf-gpt2": "Hugging Face GPT model",
          "hf-bert": "Hugging Face BERT model", "int8": "int8 run", "pruned": "pruned run", "lora": "LoRA run",
          "merged": "merged LoRA run", "classifier": "text classifier", "index": "search index",
          "data": "prepared training data", "empty": "empty folder", "missing": "no such",
-         "corrupt-config": "corrupt", "corrupt-weights": "corrupt"}
-CAUSAL = {"gpt", "lstm", "hf-gpt2", "int8", "pruned", "lora", "merged"}
-FLOAT_GPT = {"gpt", "hf-gpt2", "pruned", "lora", "merged"}
+         "corrupt-config": "corrupt", "corrupt-weights": "corrupt", "peft": "PEFT LoRA adapter"}
+CAUSAL = {"gpt", "lstm", "hf-gpt2", "int8", "pruned", "lora", "merged", "peft"}
+FLOAT_GPT = {"gpt", "hf-gpt2", "pruned", "lora", "merged", "peft"}
 WORKS = {
     "generate": CAUSAL, "chat": CAUSAL, "serve": CAUSAL,
     "evaluate": CAUSAL | {"bert", "hf-bert"},
@@ -93,6 +93,12 @@ def kinds(tmp_path_factory):
     w = base / "corrupt-weights" / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     k["corrupt-config"], k["corrupt-weights"] = base / "corrupt-config", base / "corrupt-weights"
+    import peft  # a PEFT LoRA adapter folder (made by peft) on the GPT-2 folder: read merged onto it
+    import transformers
+    hf = transformers.AutoModelForCausalLM.from_pretrained(k["hf-gpt2"])
+    peft.get_peft_model(hf, peft.LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True)).save_pretrained(
+        base / "peft")
+    k["peft"] = base / "peft"
     toml = base / "small.toml"
     toml.write_text(f'data = "{text}"\ntokenizer = "char"\nn_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 32\n'
                     'max_iters = 1\neval_interval = 1\neval_iters = 1\nbatch_size = 2\ndtype = "float32"\n',

@@ -110,6 +110,33 @@ def test_chat_streaming_and_not(client, lm):
     assert prompt_room.usage.prompt_tokens + prompt_room.usage.completion_tokens <= lm.config.model.block_size
 
 
+def test_logit_bias_stops_and_logprobs(client, base_url, lm):
+    model, tok = lm.path.name, lm.tokenizer
+    msgs = [{"role": "user", "content": "To be"}]
+    greedy = client.completions.create(model=model, prompt="To be", max_tokens=6, temperature=0).choices[0].text
+    first = tok.encode(greedy)[0]
+    banned = client.completions.create(model=model, prompt="To be", max_tokens=6, temperature=0,
+                                       logit_bias={str(first): -100}).choices[0].text
+    assert first not in tok.encode(banned) and banned != greedy
+    forced_id = tok.encode("q")[0]
+    forced = client.chat.completions.create(model=model, messages=msgs, max_tokens=5, temperature=1.0, seed=1,
+                                            logit_bias={str(forced_id): 100}, logprobs=True, top_logprobs=3)
+    choice = forced.choices[0]
+    assert choice.message.content == "qqqqq" and [e.token for e in choice.logprobs.content] == ["q"] * 5
+    assert all(len(e.top_logprobs) == 3 and e.logprob <= 0 for e in choice.logprobs.content)  # the model's own
+    # up to four stop strings, as OpenAI allows; a fifth is a 400 naming `stop`
+    full = lm.generate("To be", max_new_tokens=20, temperature=0)
+    stops = ["zzz", "yyy", full[9:11], full[5:7]]
+    r = client.completions.create(model=model, prompt="To be", max_tokens=20, temperature=0, stop=stops)
+    cut = min(full.find(s) for s in stops if s in full)
+    assert cut <= 5 and r.choices[0].text == full[:cut] and r.choices[0].finish_reason == "stop"
+    for extra, param in [({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"logit_bias": {"x": 1}}, "logit_bias"),
+                         ({"logit_bias": {"1": 101}}, "logit_bias"), ({"logit_bias": {"99999": 1}}, "logit_bias"),
+                         ({"top_logprobs": 2}, "top_logprobs")]:
+        r = httpx.post(f"{base_url}/v1/chat/completions", json={"model": model, "messages": msgs, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (extra, r.text)
+
+
 def test_request_defaults_are_samplingconfigs_but_where_openai_documents_its_own():
     from lmkit.sampling import SamplingConfig
     from lmkit.serve.schemas import ChatRequest, CompletionRequest
@@ -231,10 +258,6 @@ def test_unimplemented_fields_are_400_and_harmless_metadata_is_accepted(client, 
     msgs = [{"role": "user", "content": "To be"}]
     tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
     unsupported = [  # never silently dropped
-        ("chat/completions", {"tools": [tool]}, "tools"),
-        ("chat/completions", {"tool_choice": "required"}, "tool_choice"),
-        ("chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
-        ("chat/completions", {"logit_bias": {"5": 10}}, "logit_bias"),
         ("chat/completions", {"functions": [tool["function"]]}, "functions"),
         ("chat/completions", {"function_call": {"name": "f"}}, "function_call"),
         ("chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
@@ -244,7 +267,6 @@ def test_unimplemented_fields_are_400_and_harmless_metadata_is_accepted(client, 
         ("chat/completions", {"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages[0].name"),
         ("chat/completions", {"stream": True, "stream_options": {"include_obfuscation": True}},
          "stream_options.include_obfuscation"),
-        ("completions", {"logit_bias": {"5": 10}}, "logit_bias"),
         ("completions", {"echo": True}, "echo"),
         ("completions", {"best_of": 3}, "best_of"),
         ("completions", {"suffix": "end"}, "suffix"),
@@ -261,8 +283,8 @@ def test_unimplemented_fields_are_400_and_harmless_metadata_is_accepted(client, 
         r = httpx.post(f"{base_url}/v1/chat/completions", json={"model": model, "messages": msgs, **extra})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
         assert r.json()["error"]["code"] == "unknown_parameter"
-    with pytest.raises(openai.BadRequestError, match="tools"):
-        client.chat.completions.create(model=model, messages=msgs, tools=[tool])
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):  # tools work: test_structured.py
+        client.chat.completions.create(model=model, messages=msgs, tool_choice="required")
     # values that ask for nothing, metadata that changes no output, and nulls meaning the default are fine
     greedy = client.chat.completions.create(model=model, messages=msgs, max_tokens=4, temperature=0)
     same = client.chat.completions.create(

@@ -53,7 +53,8 @@ class LM:
     def generate(self, prompt: str | list[str] = "", num_samples: int = 1, **sampling) -> str | list[str]:
         """Continue `prompt`; returns the new text. A list of prompts (of any lengths) runs as one batch and
         returns a list; `num_samples` > 1 returns that many continuations per prompt (a list, or a list of
-        lists). Sampling options are the fields of `lmkit.sampling.SamplingConfig`."""
+        lists). Sampling options are the fields of `lmkit.sampling.SamplingConfig`; `json_schema=SCHEMA` (a dict,
+        or True for any JSON object) makes every answer JSON valid under it, enforced while decoding (grammar.py)."""
         self._check_generates()
         cfg = sampling_config(**sampling)
         if num_samples < 1:
@@ -124,6 +125,7 @@ class LM:
 
 def load(path: str | Path, device: str = "cpu", accept=MODELS, families=None, purpose: str = "lmkit.load") -> LM:
     """Load a model directory as an LM: a run written by `lmkit train` (or quantize, prune, finetune), a
-    Hugging Face model folder (GPT-2, Llama-style, BERT), or `hf:<hub id>` (downloads; needs internet).
+    Hugging Face model folder (GPT-2, Llama-style, BERT), or `hf:<hub id>` (downloads; needs internet), or a
+    PEFT LoRA adapter folder (read merged onto the base its adapter_config.json names).
     `accept` / `families` narrow what is taken (see lmkit.runs); anything else is refused in one line."""
     return LM.from_run(open_run(path, accept=accept, families=families, purpose=purpose, device=device))

@@ -16,6 +16,9 @@ imported from one) is prompted with that template instead: chat_jinja.py.
 
 A run with neither (a pretrained base) gets plain-text role markers, one turn per
 paragraph ("User: …\\n\\nAssistant:"), and stops where it starts to write the next user turn.
+
+Tools (the server's `tools`): lmkit's templates write them into the system turn and a tool's result as
+a user turn (chat_tools.py); a Jinja template that takes `tools` renders them its own way.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .chat_jinja import JINJA_FILE, load_hf_template, load_run_template
+from .chat_tools import with_tools
 from .errors import LmkitError
 from .io import atomic_write_text
 
@@ -60,8 +64,12 @@ class ChatTemplate:
             out.append((self.reply, False))
         return out
 
-    def prompt(self, messages: list[tuple[str, str]]) -> tuple[str, tuple[str, ...]]:
-        """[(role, content), …] -> (prompt text that asks for the assistant's reply, stop strings)."""
+    def prompt(self, messages: list[tuple[str, str]], tools: list[dict] | None = None) -> tuple[str, tuple[str, ...]]:
+        """[(role, content), …] -> (prompt text that asks for the assistant's reply, stop strings). With
+        `tools` (OpenAI's tool objects), or messages that are dicts with tool calls and tool results, the
+        tools section goes into the system turn (chat_tools.py)."""
+        if tools or any(isinstance(m, dict) for m in messages):
+            messages = with_tools(messages, tools)
         text = "".join(t for t, _ in self.pieces(messages, add_reply_prompt=True))
         stops = (self.end,) if self.special else ("\n\nUser:", "\nUser:")
         return text, stops

@@ -28,6 +28,7 @@ import jinja2.ext
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .chat_tools import for_jinja, with_tools
 from .errors import LmkitError
 from .io import atomic_write_text, read_json
 
@@ -97,7 +98,9 @@ def environment() -> ImmutableSandboxedEnvironment:
 
 def as_dict(m) -> dict:
     """A message as the template sees it: {"role", "content"} (from a (role, content) pair)."""
-    role, content = (m["role"], m["content"]) if isinstance(m, dict) else m
+    if isinstance(m, dict):  # tool calls, tool_call_id and the like pass through
+        return {**m, "role": ALIASES.get(m["role"], m["role"]), "content": m.get("content")}
+    role, content = m
     return {"role": ALIASES.get(role, role), "content": content}
 
 
@@ -117,19 +120,26 @@ class JinjaTemplate:
         except jinja2.TemplateError as e:
             raise LmkitError(f"{where}: the chat template does not compile ({one_line(e)})") from None
 
-    def render(self, messages, add_generation_prompt: bool) -> str:
+    def render(self, messages, add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
         """[(role, content), …] (or role/content dicts) -> the text transformers' apply_chat_template gives."""
         msgs = [as_dict(m) for m in messages]
         try:
-            return self.compiled.render(messages=msgs, tools=None, documents=None,
+            return self.compiled.render(messages=msgs, tools=tools or None, documents=None,
                                         add_generation_prompt=add_generation_prompt, **self.tokens)
         except TemplateRaised as e:
             raise LmkitError(f"{self.where}: the chat template refused the conversation: {one_line(e)}") from None
         except Exception as e:  # jinja2's errors, and methods a template calls failing on odd input (TypeError…)
             raise LmkitError(f"{self.where}: the chat template failed ({type(e).__name__}: {one_line(e)})") from None
 
-    def prompt(self, messages) -> tuple[str, tuple[str, ...]]:
-        """The prompt that asks for the assistant's reply, and the stop strings (eos tokens' texts)."""
+    def prompt(self, messages, tools: list[dict] | None = None) -> tuple[str, tuple[str, ...]]:
+        """The prompt that asks for the assistant's reply, and the stop strings (eos tokens' texts). Tools and
+        tool messages go to a template that reads `tools` as they are (Qwen's, Llama 3's); one that does not
+        gets `tools` as chat_tools.py writes them (and its calls and results with them)."""
+        if "tools" in self.source:
+            messages = [for_jinja(m) if isinstance(m, dict) else m for m in messages]
+            return self.render(messages, add_generation_prompt=True, tools=tools), self.stops
+        if tools:
+            messages = with_tools(messages, tools)
         return self.render(messages, add_generation_prompt=True), self.stops
 
     def reply_spans(self, messages) -> tuple[str, list[tuple[int, int]]]:

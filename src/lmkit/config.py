@@ -7,6 +7,8 @@ A config file may be flat (nanoGPT style) or use sections:
     n_head = 4               # sectioned: the same thing, spelled out
 
 Overrides on the command line use the same names: `--set max_iters=600 model.n_embd=256`.
+The environment variable LMKIT_SET (same `key=value` form, space-separated) is applied after both; the
+README test uses it to run every documented training command at a tiny size.
 Everything deeper in lmkit trusts the config it is handed.
 """
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -83,12 +87,21 @@ class DataConfig:
     # ("shakespeare", "python-stdlib").
     data: str = "shakespeare"
     text_field: str = "text"  # the field that holds the text in .jsonl rows
-    tokenizer: str = "char"  # "char", "bpe", "wordpiece" (BERT), or a path to a tokenizer.json / vocab.txt
+    tokenizer: str = "char"  # "char", "bpe", "bpe-chars", "wordpiece" (BERT), or a path to a tokenizer.json / vocab.txt
     vocab_size: int = 4096  # for tokenizer = "bpe" or "wordpiece"
     val_fraction: float = 0.1
     errors: Literal["strict", "replace"] = "strict"  # what to do with bytes that are not UTF-8
     # drop a text file's leading byte-order mark and read CRLF / lone CR line ends as LF (false: keep them)
     normalize_newlines: bool = True
+    # issue 20: hub datasets, mixtures, cleaning (data/hub.py, data/mixture.py, data/clean.py)
+    # several sources mixed by weight, [[data.sources]] tables: path, weight (> 0), optional text_field and
+    # max_tokens; when given they replace `data`, and training draws windows in proportion to the weights
+    sources: list[dict] = field(default_factory=list)
+    normalize: list[str] = field(default_factory=list)  # text normalisations in order: nfc, nfkc, t2s, s2t
+    dedup: Literal["none", "exact", "minhash"] = "none"  # drop repeated documents: identical, or near (MinHash)
+    min_chars: int = 0  # drop documents shorter than this many characters (after normalising); 0 = keep all
+    streaming: bool = False  # read hf: datasets as a stream while preparing (corpora larger than disk/memory)
+    max_tokens: int = 0  # stop preparing each source after about this many tokens; 0 = all of it
 
 
 @dataclass
@@ -126,7 +139,7 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda if available, else cpu
     compile: bool = False
     seed: int = 1337
-    num_threads: int = 0  # 0 = let torch decide
+    num_threads: int = 0  # CPU threads; 0 = the fastest count right now (1, half or all cores, timed at start)
     # clm = next-token prediction; mlm = masked LM (BERT): mlm_probability of the tokens are selected,
     # of those 80% become [MASK], 10% a random token, 10% stay; the loss covers the selected ones only
     objective: Literal["clm", "mlm"] = "clm"
@@ -138,6 +151,12 @@ class TrainConfig:
     fsdp_mixed_precision: Literal["none", "bfloat16", "float16"] = "none"  # FSDP2 parameter dtype in compute
     fsdp_cpu_offload: bool = False  # FSDP2 keeps sharded parameters, gradients and optimizer state in CPU memory
     dist_timeout: float = 600.0  # seconds a rank waits in a collective before the job stops with an error
+    # where the metrics also go (train/trackers.py): any of tensorboard (event files in out_dir), trackio,
+    # wandb, mlflow; [] or "none" = metrics.jsonl only. A list, or on the command line "tensorboard,wandb"
+    logger: list[str] = field(default_factory=lambda: ["tensorboard"])
+    eval_samples: int = 2  # texts a causal model generates at each evaluation (samples.jsonl, TensorBoard, report)
+    peak_tflops: float = 0.0  # the accelerator's peak TFLOP/s for MFU; 0 = a known GPU's bf16 peak, else no MFU
+    activation_checkpointing: bool = False  # keep only each block's input, recompute the rest in backward
 
 
 @dataclass
@@ -203,6 +222,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         return _coerce(value, inner, key, source)
+    if origin is list:  # a TOML list, or "a,b" from --set; "none" or "" = []
+        if isinstance(value, str):
+            value = [] if value.strip().lower() in ("none", "") else [v.strip() for v in value.split(",")]
+        if not isinstance(value, list):
+            raise LmkitError(f"{source}: {key} = {value!r} is not a list")
+        return [_coerce(v, get_args(tp)[0], key, source) for v in value if v != "none"]
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
@@ -227,6 +252,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return float(value)
         if tp is str:
             return str(value)
+        if tp is dict and isinstance(value, dict):  # a TOML table in a list, e.g. [[data.sources]]
+            return dict(value)
     except (TypeError, ValueError):
         pass
     raise LmkitError(f"{source}: {key} = {value!r} is not a valid {getattr(tp, '__name__', tp)}")
@@ -241,11 +268,11 @@ def apply(cfg: Config, flat: dict[str, Any], source: str) -> Config:
     return cfg
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, str]:
+def parse_overrides(pairs: list[str], source: str = "--set") -> dict[str, str]:
     out = {}
     for p in pairs:
         if "=" not in p:
-            raise LmkitError(f"--set: '{p}' is not of the form key=value")
+            raise LmkitError(f"{source}: '{p}' is not of the form key=value")
         k, v = p.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -264,8 +291,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         apply(cfg, _flatten(d), str(path))
     if overrides:
         apply(cfg, parse_overrides(overrides), "--set")
+    apply_env(cfg)
     validate(cfg)
     return cfg
+
+
+def apply_env(cfg: Config, sections: tuple[str, ...] = SECTIONS) -> Config:
+    """The LMKIT_SET environment variable's `key=value` pairs (e.g. "n_embd=32 max_iters=20": the README test's
+    tiny runs), applied last so they win over the file and --set; keys outside `sections` are left alone (a
+    fine-tune passes ("train",) to keep its base model's shape). A run's saved config.json is never touched."""
+    pairs = os.environ.get("LMKIT_SET", "").split()
+    if not pairs:
+        return cfg
+    flat = {}
+    for key, value in parse_overrides(pairs, "LMKIT_SET").items():
+        obj, _ = _resolve_key(cfg, key, "LMKIT_SET")
+        if next(s for s in SECTIONS if getattr(cfg, s) is obj) in sections:
+            flat[key] = value
+    print(f"LMKIT_SET: {' '.join(f'{k}={v}' for k, v in flat.items())}", file=sys.stderr)
+    return apply(cfg, flat, "LMKIT_SET")
 
 
 def validate(cfg: Config) -> Config:

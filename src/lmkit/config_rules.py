@@ -9,6 +9,9 @@ from __future__ import annotations
 from .errors import LmkitError
 
 
+LOGGERS = ("tensorboard", "trackio", "wandb", "mlflow")  # train.logger: where metrics go besides metrics.jsonl
+
+
 def need(ok: bool, msg: str) -> None:
     if not ok:
         raise LmkitError(f"config: {msg}")
@@ -59,3 +62,23 @@ def check(m, d, t) -> None:
          "optimizer = 'muon' needs whole matrices; it does not run with parallel = 'fsdp'")
     need(t.dist_timeout > 0, f"dist_timeout must be positive (got {t.dist_timeout})")
     need(t.max_minutes >= 0, f"max_minutes must be >= 0 (got {t.max_minutes})")
+    # issue 21: trackers, samples, MFU, activation checkpointing
+    for name in t.logger:
+        need(name in LOGGERS, f"logger '{name}' is not one of {', '.join(LOGGERS)} (or none)")
+    need(t.eval_samples >= 0, f"eval_samples must be >= 0 (got {t.eval_samples})")
+    need(t.peak_tflops >= 0, f"peak_tflops must be >= 0 (got {t.peak_tflops})")
+    need(not t.activation_checkpointing or m.type in ("gpt", "bert"),
+         f"activation_checkpointing is for type = 'gpt' or 'bert' blocks (got '{m.type}')")
+    # issue 20: mixtures and cleaning
+    for i, src in enumerate(d.sources):
+        name = f"data.sources[{i}] ({src.get('path', 'no path')})"
+        need(isinstance(src.get("path"), str) and src["path"] != "", f"{name} needs path = \"…\"")
+        w = src.get("weight", 1.0)
+        need(not isinstance(w, bool) and isinstance(w, (int, float)) and 0 < w < float("inf"),
+             f"{name}: weight must be a number > 0 (got {w!r})")
+        unknown = sorted(set(src) - {"path", "weight", "text_field", "max_tokens"})
+        need(not unknown, f"{name}: unknown key '{unknown[0] if unknown else ''}' (use path, weight, text_field, "
+             "max_tokens)")
+    for n in d.normalize:
+        need(n in ("nfc", "nfkc", "t2s", "s2t"), f"normalize '{n}' is not one of nfc, nfkc, t2s, s2t")
+    need(d.min_chars >= 0 and d.max_tokens >= 0, "min_chars and max_tokens must be >= 0")

@@ -11,7 +11,9 @@ A `DecodeSession` gives exactly the same tokens and adds:
   - context overflow: when the text outgrows block_size the cache is rebuilt over the last block_size
     tokens, which is what the reference model reads;
   - surgery for the server's continuous batching: `keep(rows)` drops finished rows (cache included),
-    `merge(other)` lets a freshly prefilled session join a running one.
+    `merge(other)` lets a freshly prefilled session join a running one;
+  - structured output: a row whose config has `json_schema` gets its own grammar matcher (grammar.py),
+    whose token mask is applied to that row's logits before every draw (needs `tokenizer=`).
 `generate_ids` drives one session to the end; textstream.py turns its tokens into text, and
 serve/scheduler.py drives sessions for the server. Beam search is beam.py.
 """
@@ -23,6 +25,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from .errors import LmkitError
+from .grammar import Constraint, RowMasks, grammar_for
 from .sampling import GREEDY_BELOW, SamplingConfig, choose, fit_to_context, process_logits, seeded_generator
 
 __all__ = ["Step", "DecodeSession", "generate_ids", "fit_to_context"]
@@ -60,12 +64,12 @@ class DecodeSession:
     """
 
     def __init__(self, model, prompts: Sequence[Sequence[int]], cfgs: Sequence[SamplingConfig] | SamplingConfig,
-                 use_cache: bool = True, pad_id: int = 0, fast: bool = True):
+                 use_cache: bool = True, pad_id: int = 0, fast: bool = True, tokenizer=None):
         self.fast = fast
-        self._start(model, prompts, cfgs, use_cache, pad_id)
+        self._start(model, prompts, cfgs, use_cache, pad_id, tokenizer)
 
     @_without_autograd
-    def _start(self, model, prompts, cfgs, use_cache, pad_id) -> None:
+    def _start(self, model, prompts, cfgs, use_cache, pad_id, tokenizer) -> None:
         model.eval()
         self.model, self.block = model, model.config.block_size
         if isinstance(cfgs, SamplingConfig):
@@ -95,6 +99,21 @@ class DecodeSession:
             in_prompt = torch.zeros(B, V, device=device).scatter_add_(1, self.idx, self.mask.float())
             self.seen = in_prompt > 0  # padding ids do not count
         self.want_logprobs = max((c.logprobs for c in self.cfgs if c.logprobs is not None), default=None)
+        self.masks = self._constraints(tokenizer, V)
+
+    def _constraints(self, tokenizer, V: int) -> RowMasks | None:
+        """One grammar matcher per row that asks for structured output; rows sharing a config share its grammar."""
+        constrained = [c.json_schema is not None or c.tools is not None for c in self.cfgs]
+        if not any(constrained):
+            return None
+        if tokenizer is None:
+            raise LmkitError("json_schema: structured output needs the tokenizer (DecodeSession(..., tokenizer=))")
+        grammars, rows = {}, []
+        for c, on in zip(self.cfgs, constrained):
+            if on and id(c) not in grammars:
+                grammars[id(c)] = grammar_for(tokenizer, V, c)
+            rows.append(Constraint(grammars[id(c)]) if on else None)
+        return RowMasks(rows, tokenizer.eot_id)
 
     @property
     def batch_size(self) -> int:
@@ -123,10 +142,17 @@ class DecodeSession:
         return out
 
     def _draw(self, logits: torch.Tensor) -> torch.Tensor:
-        simple = self.counts is None and self.seen is None
+        if self.masks:  # on a copy: the log-probabilities a step reports stay the model's
+            logits = logits.clone()
+            self.masks.apply(logits)
+        simple = self.counts is None and self.seen is None and not any(c.logit_bias for c in self.cfgs)
         if simple and all(c.temperature < GREEDY_BELOW for c in self.cfgs):
-            return logits.argmax(dim=-1)
-        return choose(process_logits(logits, self.cfgs, self.counts, self.seen), self.cfgs, self.generators)
+            nxt = logits.argmax(dim=-1)
+        else:
+            nxt = choose(process_logits(logits, self.cfgs, self.counts, self.seen), self.cfgs, self.generators)
+        if self.masks:
+            self.masks.accept(nxt)
+        return nxt
 
     def _append(self, nxt: torch.Tensor) -> None:
         self.idx = torch.cat([self.idx, nxt[:, None]], dim=1)
@@ -146,6 +172,8 @@ class DecodeSession:
         self.idx, self.mask = self.idx[sel], self.mask[sel]
         self.cfgs = [self.cfgs[i] for i in rows]
         self.generators = [self.generators[i] for i in rows]
+        if self.masks is not None:
+            self.masks.keep(rows)
         if self.counts is not None:
             self.counts = self.counts[sel]
         if self.seen is not None:
@@ -189,6 +217,10 @@ class DecodeSession:
             if x is not None or y is not None:
                 zeros = lambda d: torch.zeros(d.batch_size, self.model.config.vocab_size, dtype=dtype, device=self.device)
                 setattr(self, name, torch.cat([x if x is not None else zeros(a), y if y is not None else zeros(b)]))
+        if a.masks is not None or b.masks is not None:
+            eos = (a.masks or b.masks).eos_id
+            self.masks = RowMasks((a.masks or RowMasks([None] * len(a.cfgs), eos)).rows  # cfgs: not merged yet
+                                  + (b.masks or RowMasks([None] * len(b.cfgs), eos)).rows, eos)
         self.cfgs, self.generators = a.cfgs + b.cfgs, a.generators + b.generators
         wants = [w for w in (a.want_logprobs, b.want_logprobs) if w is not None]
         self.want_logprobs = max(wants) if wants else None
@@ -196,13 +228,13 @@ class DecodeSession:
 
 @torch.no_grad()
 def generate_ids(model, idx: torch.Tensor | Sequence[Sequence[int]], cfg: SamplingConfig, eos_id: int | None = None,
-                 use_cache: bool = True, pad_id: int = 0, fast: bool = True) -> Iterator[torch.Tensor]:
+                 use_cache: bool = True, pad_id: int = 0, fast: bool = True, tokenizer=None) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), up to max_new_tokens or until all hit EOS.
 
     `idx` is a (B, T) tensor, or a list of prompts of different lengths (left-padded into one batch).
     Rows that reached EOS keep yielding EOS until every row is done."""
     prompts = idx.tolist() if isinstance(idx, torch.Tensor) else idx
-    dec = DecodeSession(model, prompts, cfg, use_cache=use_cache, pad_id=pad_id, fast=fast)
+    dec = DecodeSession(model, prompts, cfg, use_cache=use_cache, pad_id=pad_id, fast=fast, tokenizer=tokenizer)
     done = torch.zeros(dec.batch_size, dtype=torch.bool, device=dec.device)
     stop_at_eos = eos_id is not None and cfg.stop_at_eos
     for _ in range(cfg.max_new_tokens):

@@ -2,6 +2,8 @@
 
 Each step turns the logits l (one score per vocabulary entry) of the last position into a
 distribution and draws the next token:
+    grammar     l_v ← −inf for tokens a row's grammar forbids (structured output: grammar.py, applied by the engine)
+    bias        l_v ← l_v + b_v    (logit_bias; −100 in effect bans a token, +100 forces it, as in OpenAI's API)
     penalties   l_v ← l_v / r if l_v > 0 else l_v · r    for tokens v already in the text (repetition, CTRL)
                 l_v ← l_v − c_v · α_freq − [c_v > 0] · α_presence   (c_v = times v was generated; OpenAI)
     p = softmax(l / temperature), restricted to the k most likely tokens (top-k), the smallest set whose
@@ -22,7 +24,7 @@ from .errors import LmkitError
 from .sampling_config import GREEDY_BELOW, MAX_SEED, SAMPLING_FIELDS, SamplingConfig, sampling_config
 
 __all__ = ["SamplingConfig", "sampling_config", "SAMPLING_FIELDS", "GREEDY_BELOW", "MAX_SEED", "process_logits",
-           "choose", "sample_next", "seeded_generator", "fit_to_context", "generate_reference"]
+           "logit_bias", "choose", "sample_next", "seeded_generator", "fit_to_context", "generate_reference"]
 
 
 def _per_row(cfgs: Sequence[SamplingConfig], name: str, off, device) -> torch.Tensor:
@@ -37,6 +39,8 @@ def process_logits(logits: torch.Tensor, cfgs: Sequence[SamplingConfig], counts:
     row by row (masked tokens get −inf). `counts` (B, V): generated occurrences; `seen` (B, V): in the text."""
     device = logits.device
     logits = logits.float()
+    if any(c.logit_bias for c in cfgs):
+        logits = logits + logit_bias(cfgs, logits.size(-1), device)
     if seen is not None:
         r = _per_row(cfgs, "repetition_penalty", 1.0, device)
         logits = torch.where(seen, torch.where(logits > 0, logits / r, logits * r), logits)
@@ -62,6 +66,17 @@ def process_logits(logits: torch.Tensor, cfgs: Sequence[SamplingConfig], counts:
     return logits
 
 
+def logit_bias(cfgs: Sequence[SamplingConfig], V: int, device) -> torch.Tensor:
+    """(B, V): each row's logit_bias (token id -> bias) spread over the vocabulary, zero elsewhere."""
+    bias = torch.zeros(len(cfgs), V, device=device)
+    for i, c in enumerate(cfgs):
+        for token, b in (c.logit_bias or {}).items():
+            if token >= V:
+                raise LmkitError(f"logit_bias: token id {token} is outside the vocabulary (size {V})")
+            bias[i, token] = float(b)
+    return bias
+
+
 def choose(logits: torch.Tensor, cfgs: Sequence[SamplingConfig],
            generators: Sequence[torch.Generator | None]) -> torch.Tensor:
     """Processed logits (B, V) -> next token ids (B,): the argmax for a greedy row, else one draw from
@@ -84,13 +99,25 @@ def seeded_generator(seed: int | None, device) -> torch.Generator | None:
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
+class PromptTooLong(LmkitError):
+    """A prompt longer than the context. The message names the Python spelling (truncate=True); the CLI says
+    `spelled("--truncate")`, its own."""
+
+    def __init__(self, tokens: int, block_size: int):
+        self.tokens, self.block_size = tokens, block_size
+        super().__init__(self.spelled("truncate=True"))
+
+    def spelled(self, option: str) -> str:
+        return (f"prompt is {self.tokens} tokens, longer than the model's context of {self.block_size} tokens "
+                f"(shorten it, or pass {option} to keep the last {self.block_size})")
+
+
 def fit_to_context(ids: list[int], block_size: int, truncate: bool) -> list[int]:
     """A prompt longer than the context fails with a clear message, or keeps its last block_size tokens."""
     if len(ids) <= block_size:
         return ids
     if not truncate:
-        raise LmkitError(f"prompt is {len(ids)} tokens, longer than the model's context of {block_size} tokens "
-                         f"(shorten it, or pass truncate=True to keep the last {block_size})")
+        raise PromptTooLong(len(ids), block_size)
     return ids[-block_size:]
 
 

@@ -7,6 +7,7 @@ This module imports nothing heavy (no torch), so the CLI can build its `--help` 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import MISSING, dataclass, fields
 
@@ -31,6 +32,9 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()  # stop strings, matched in the text across token boundaries
     logprobs: int | None = None  # report the chosen token's log-probability and this many alternatives
     truncate: bool = False  # a prompt longer than the context keeps its last tokens instead of failing
+    json_schema: object = None  # constrain the output: a JSON Schema (dict or JSON text), True = any JSON object
+    logit_bias: dict | None = None  # token id -> added to its logit before sampling (-100..100, as OpenAI)
+    tools: tuple | None = None  # tool calls: (choice, [(name, parameters schema), …]); choice auto/required/a name
 
     def validate(self) -> "SamplingConfig":
         """Check every field once, at the edge; raises LmkitError naming the field and value."""
@@ -59,6 +63,22 @@ class SamplingConfig:
             bad("logprobs", "in [0, 20]")
         if self.seed is not None and not 0 <= self.seed < MAX_SEED:
             bad("seed", "in [0, 2**62)")
+        if self.json_schema is not None and self.json_schema is not True:
+            if isinstance(self.json_schema, str):
+                try:
+                    self.json_schema = json.loads(self.json_schema)
+                except ValueError as e:
+                    raise LmkitError(f"json_schema must be a JSON Schema (got text that is not JSON: {e})") from None
+            if not isinstance(self.json_schema, dict):
+                bad("json_schema", "a JSON Schema (a dict), or True for any JSON object")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                bad("logit_bias", "a dict of token id -> bias")
+            for k, v in self.logit_bias.items():
+                if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                    raise LmkitError(f"logit_bias keys must be token ids >= 0 (got {k!r})")
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+                    raise LmkitError(f"logit_bias values must be numbers in [-100, 100] (got {v!r} for token {k})")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(s for s in self.stop if s)

@@ -119,7 +119,7 @@ def stream_pieces(model, tokenizer, prompts: Sequence[Sequence[int]], cfg: Sampl
         for i in range(len(prompts)):
             yield Piece(i, "", -1, finish_reason="length")
         return
-    dec = DecodeSession(model, prompts, cfg, use_cache=use_cache, pad_id=eos or 0)
+    dec = DecodeSession(model, prompts, cfg, use_cache=use_cache, pad_id=eos or 0, tokenizer=tokenizer)
     live = list(range(len(prompts)))  # original row index of each batch row
     while live:
         step = dec.step()

@@ -2,7 +2,11 @@
 `tokenizers`.
 
 Byte-level BPE works on the UTF-8 bytes of the text, so encode -> decode gives back any text exactly,
-Chinese and emoji included. The character tokenizer has one token per character seen in training
+Chinese and emoji included; its merges may cut a character's bytes apart, or join the end of one character
+with the start of the next. `bpe-chars` is BPE over characters with byte fallback (as SentencePiece's BPE):
+its alphabet is the corpus's commonest characters and its merges join whole characters, so a character in
+the vocabulary is never cut; one that is not becomes its UTF-8 bytes (<0xE9><0xBE><0x98>), so it too
+round-trips exactly. Use it for Chinese and Japanese. The character tokenizer has one token per character seen in training
 (plus specials); characters it never saw become <unk>, with a warning on stderr (once per tokenizer,
 with the count) the first time that happens. WordPiece lower-cases, splits on whitespace and
 punctuation, and breaks each word into the longest known pieces ("playing" -> "play", "##ing"), with
@@ -11,6 +15,8 @@ standard `tokenizer.json`.
 """
 from __future__ import annotations
 
+import json
+import re
 import sys
 from collections import Counter
 from numbers import Integral
@@ -22,7 +28,13 @@ from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, normal
 from .errors import LmkitError
 from .io import atomic_path
 
+CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"  # CJK, kana, full-width
+CJK_GAP = re.compile(f"(?<=[{CJK}]) (?=[{CJK}])")  # a space the WordPiece decoder put between two such characters
 EOT = "<|endoftext|>"  # separates documents; also the end-of-sequence token for generation
+KINDS = ("bpe", "bpe-chars", "wordpiece", "char")
+# bpe-chars: GPT-2's word split (without the byte mapping); every piece of the text lands in some match
+WORD_SPLIT = r"'(?:s|t|re|ve|m|ll|d)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 UNK = "<unk>"
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # what marks the end of a document: ours, then the names imported tokenizers use ([SEP] in BERT's)
@@ -47,13 +59,15 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4096,
               special_tokens: tuple[str, ...] = (EOT,), show_progress: bool = False) -> "Tokenizer":
-        if kind not in ("bpe", "wordpiece", "char"):
-            raise LmkitError(f"tokenizer: unknown type '{kind}' (use 'bpe', 'wordpiece' or 'char')")
+        if kind not in KINDS:
+            raise LmkitError(f"tokenizer: unknown type '{kind}' (use {', '.join(repr(k) for k in KINDS)})")
         _check_vocab_size(vocab_size, kind, len(special_tokens))
         if kind == "char":
             return cls._train_char(texts, special_tokens)
         if kind == "wordpiece":
             return cls._train_wordpiece(texts, vocab_size, show_progress)
+        if kind == "bpe-chars":
+            return cls._train_char_bpe(texts, vocab_size, special_tokens, show_progress)
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
@@ -62,6 +76,37 @@ class Tokenizer:
                                       show_progress=show_progress)
         hf.train_from_iterator(_checked(texts), trainer)
         return cls(hf)
+
+    @classmethod
+    def _train_char_bpe(cls, texts: Iterable[str], vocab_size: int, special_tokens: tuple[str, ...],
+                        show_progress: bool) -> "Tokenizer":
+        """BPE over characters: 256 byte tokens, then an alphabet of the commonest characters (at most 3/4
+        of what is left), then merges of whole characters."""
+        hf = HFTokenizer(models.BPE(byte_fallback=True))
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_SPLIT), behavior="isolated")
+        hf.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+        budget = vocab_size - len(BYTE_TOKENS)
+        trainer = trainers.BpeTrainer(vocab_size=budget, special_tokens=list(special_tokens),
+                                      limit_alphabet=max(1, (budget - len(special_tokens)) * 3 // 4),
+                                      show_progress=show_progress)
+        hf.train_from_iterator(_checked(texts), trainer)
+        state = json.loads(hf.to_str())
+        model = state["model"]
+        # a learned token spelled like a byte token ("<0x41>") would decode as that byte: drop it and its merges
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        bad = {t for t in model["vocab"] if t in BYTE_TOKENS}
+        while True:
+            keep = [m for m in merges if m[0] not in bad and m[1] not in bad and m[0] + m[1] not in bad]
+            bad |= {m[0] + m[1] for m in merges if m not in keep}
+            if len(keep) == len(merges):
+                break
+            merges = keep
+        tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1]) if t not in bad]
+        model["vocab"] = {t: i for i, t in enumerate(tokens + list(BYTE_TOKENS))}
+        model["merges"] = [list(m) for m in merges]
+        for added in state["added_tokens"]:
+            added["id"] = model["vocab"][added["content"]]
+        return cls(HFTokenizer.from_str(json.dumps(state)))
 
     @classmethod
     def _train_char(cls, texts: Iterable[str], special_tokens: tuple[str, ...]) -> "Tokenizer":
@@ -115,6 +160,8 @@ class Tokenizer:
     def kind(self) -> str:
         if isinstance(self.hf.model, models.WordPiece):
             return "wordpiece"
+        if isinstance(self.hf.model, models.BPE) and self.hf.model.byte_fallback:
+            return "bpe-chars"
         return "char" if isinstance(self.hf.model, models.WordLevel) else "bpe"
 
     def encode(self, text: str) -> list[int]:
@@ -147,7 +194,9 @@ class Tokenizer:
               "the model never saw them (warned once)", file=sys.stderr)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        text = self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        # WordPiece splits CJK text into single characters and its decoder joins tokens with spaces: rejoin them
+        return CJK_GAP.sub("", text) if isinstance(self.hf.model, models.WordPiece) else text
 
 
 def _check_vocab_size(vocab_size, kind: str, n_special: int) -> None:
@@ -155,9 +204,11 @@ def _check_vocab_size(vocab_size, kind: str, n_special: int) -> None:
     but still refuses a size that is no size at all."""
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, Integral):
         raise LmkitError(f"tokenizer: vocab_size must be an integer (got {vocab_size!r})")
-    minimum = {"bpe": 256 + n_special, "wordpiece": 100, "char": 1}[kind]
+    minimum = {"bpe": 256 + n_special, "bpe-chars": 512 + n_special, "wordpiece": 100, "char": 1}[kind]
     if vocab_size < minimum:
         need = {"bpe": f"byte-level BPE needs at least {minimum} (256 bytes + {n_special} special tokens)",
+                "bpe-chars": f"character BPE needs at least {minimum} (256 byte tokens + {n_special} special "
+                             "tokens + 256 for characters)",
                 "wordpiece": "WordPiece needs at least 100", "char": "it must be at least 1"}[kind]
         raise LmkitError(f"tokenizer: vocab_size {vocab_size} is too small: {need}")
     if vocab_size > MAX_VOCAB:

@@ -8,13 +8,30 @@ from .errors import LmkitError
 from .io import atomic_path
 
 
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "PingFang SC", "Microsoft YaHei", "SimHei", "Arial Unicode MS")
+
+
+def use_cjk_fonts(plt) -> None:
+    """Let labels in Chinese (a run's name, say) render: the CJK fonts this machine has go before the defaults."""
+    from matplotlib import font_manager
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    extra = [n for n in CJK_FONTS if n in have and n not in plt.rcParams["font.sans-serif"]]
+    plt.rcParams["font.sans-serif"] = extra + list(plt.rcParams["font.sans-serif"])
+
+
 def save_figure(fig, out_png: str | Path) -> Path:
-    """Lay out, write atomically as PNG (no half-written file), and free the figure."""
+    """Lay out, write atomically as PNG (no half-written file), and free the figure. A character no font has is
+    drawn as a box, without a warning per glyph."""
+    import warnings
+
     import matplotlib.pyplot as plt
-    fig.tight_layout()
     out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        fig.tight_layout()
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, format="png")
     plt.close(fig)
     return out_png
 
@@ -56,6 +73,7 @@ def plot_runs(runs: list[str | Path], out_png: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_cjk_fonts(plt)
     fig, (by_step, by_tokens) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
     for i, run in enumerate(runs):
         f = Path(run) / "metrics.jsonl"
@@ -84,6 +102,7 @@ def plot_loss(metrics_path: str | Path, out_png: str | Path, title: str | None =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_cjk_fonts(plt)
     train, val = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     if train:

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         flags.check_numbers(args)  # every numeric flag within its declared range, before any work
+        flags.settle(args)  # old spellings of renamed flags (a note), a required --out
         return args.run(args) or 0
     except LmkitError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,14 +14,14 @@ def register(g: flags.Group) -> None:
                   "Read config.json, weights (safetensors, or pytorch_model.bin as weights only) and tokenizer "
                   "files from HF_DIR (or hf:<hub id>) and write an lmkit run directory.")
     p.add_argument("hf_dir", help="Hugging Face model folder, or hf:<hub id> (downloads)")
-    p.add_argument("out_dir", help="run directory to write")
+    flags.out(p, "run directory to write", legacy="out_dir")
     flags.overwrite(p, "replace a run already in out_dir")
 
     p = g.command("export-hf", run_export_hf, "write a run as a Hugging Face model folder (GPT-2 or Llama-style)",
                   "Write config.json, model.safetensors, tokenizer.json and tokenizer_config.json that "
                   "transformers' AutoModelForCausalLM / AutoTokenizer load.")
     p.add_argument("run_dir", help=flags.TRAINED_RUN)
-    p.add_argument("out_dir", help="folder to write")
+    flags.out(p, "folder to write", legacy="out_dir")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="auto",
                    help="auto picks the format that holds the model's options (default)")
     flags.overwrite(p, "write into a non-empty folder")
@@ -53,7 +53,7 @@ def register(g: flags.Group) -> None:
                   "encoder, e.g. the all-MiniLM-L6-v2 folder) as ONNX with dynamic batch and sequence axes and "
                   "check it against lmkit with onnxruntime.")
     p.add_argument("run_dir")
-    p.add_argument("out", help="output .onnx file")
+    flags.out(p, "output .onnx file", legacy="out_file")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
 
     p = g.command("export-gguf", run_export_gguf, "write a Llama-style run as one GGUF file for llama.cpp / Ollama",
@@ -61,7 +61,7 @@ def register(g: flags.Group) -> None:
                   "tensors under llama.cpp's names) as a .gguf file, in float16 or quantized with the gguf "
                   "package (pip install 'lmkit[gguf]').")
     p.add_argument("run_dir", help="a Llama-style run (pos = rope, norm = rmsnorm, mlp = swiglu) or HF folder")
-    p.add_argument("out", help="output .gguf file")
+    flags.out(p, "output .gguf file", legacy="out_file")
     p.add_argument("--type", choices=["f16", "q8_0", "q4_0"], default="f16",
                    help="f16 (default), q8_0 or q4_0 (blocks of 32 weights with one scale)")
     flags.overwrite(p, "replace an existing file")
@@ -69,14 +69,24 @@ def register(g: flags.Group) -> None:
 
 def run_import_hf(a) -> None:
     from ..runs.hf import import_hf
-    out = import_hf(a.hf_dir, a.out_dir, overwrite=a.overwrite)
-    print(f"imported {a.hf_dir} into {out}; try: lmkit generate {out} --prompt 'Hello'")
+    from ..runs.detect import detect
+    out = import_hf(a.hf_dir, a.out, overwrite=a.overwrite)
+    found = detect(out)
+    try_it = {"classifier": f"lmkit predict {out} \"some text\"",
+              "bert": f"lmkit fill-mask {out} \"Paris is the [MASK] of France.\" (a BERT: also --base of "
+                      f"lmkit finetune classify, or the model of lmkit embed)"}
+    print(f"imported {a.hf_dir} into {out}; try: "
+          f"{try_it.get(found.kind, try_it.get(found.family, f'lmkit generate {out} --prompt Hello'))}")
 
 
 def run_export_hf(a) -> None:
     from ..runs.hf_export import export_hf
-    out = export_hf(a.run_dir, a.out_dir, a.format, overwrite=a.overwrite)
-    print(f"exported {a.run_dir} to {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    import json
+    out = export_hf(a.run_dir, a.out, a.format, overwrite=a.overwrite)
+    arch = (json.loads((out / "config.json").read_text(encoding="utf-8")).get("architectures") or ["?"])[0]
+    auto = {"BertForMaskedLM": "AutoModelForMaskedLM", "BertForSequenceClassification":
+            "AutoModelForSequenceClassification"}.get(arch, "AutoModelForCausalLM")
+    print(f"exported {a.run_dir} to {out} as {arch} (load with transformers.{auto}.from_pretrained)")
 
 
 def run_quantize(a) -> None:

@@ -40,10 +40,16 @@ def register(g: flags.Group) -> None:
     p.add_argument("--truncate", action="store_true", default=SAMPLING_DEFAULTS["truncate"],
                    help="a prompt longer than the context keeps its last tokens")
     flags.number(p, "--beams", lo=0, default=0, help="beam search with this many beams instead of sampling")
+    p.add_argument("--json-schema", dest="json_schema_file", default=None, metavar="FILE",
+                   help="answer with JSON valid under the JSON Schema in FILE, enforced while decoding "
+                        "(a file holding {} or {\"type\": \"object\"}: any JSON object)")
 
     p = g.command("chat", run_chat, "chat with a run in the terminal, replies streamed",
-                  "A terminal conversation with RUN_DIR; /reset starts over, /quit leaves.")
+                  "A terminal conversation with RUN_DIR; /reset starts over, /quit leaves. When the conversation "
+                  "outgrows the model's context the oldest turns are left out (the system prompt stays), and it "
+                  "says so.")
     p.add_argument("run_dir", help=flags.TRAINED_RUN)
+    p.add_argument("--system", help="a system prompt for the conversation (kept when older turns are left out)")
     flags.device(p)
     _sampling_flags(p, SAMPLING[:CHAT_SAMPLING])
 
@@ -79,11 +85,29 @@ def run_generate(a) -> None:
     from ..api import load
     from ..runs import CAUSAL
     sampling = sampling_options(a)
+    if a.json_schema_file is not None:
+        if a.beams:
+            raise LmkitError("--json-schema: works with sampling, not with --beams")
+        sampling["json_schema"] = _read_schema(a.json_schema_file)
     lm = load(a.run_dir, device=a.device, families=CAUSAL, purpose="generate")
-    prompt, shown = a.prompt, a.prompt
+    if a.json_schema_file is not None:  # compiled before any output: a schema the grammar library refuses fails here
+        from ..grammar import json_grammar
+        try:
+            json_grammar(lm.tokenizer, lm.model.config.vocab_size, sampling["json_schema"])
+        except LmkitError as e:
+            raise LmkitError(f"--json-schema {a.json_schema_file}: {str(e).removeprefix('json_schema: ')}") from None
+    prompt, shown = a.prompt, a.prompt if a.json_schema_file is None else ""  # JSON alone, ready to parse
     if a.chat:  # the run's chat template, as `lmkit chat` and the server use it
         prompt, stops = lm.chat_prompt([("user", a.prompt)])
         sampling["stop"], shown = sampling["stop"] + stops, ""
+    from ..sampling import PromptTooLong
+    try:
+        _write_samples(a, lm, prompt, shown, sampling)
+    except PromptTooLong as e:  # named as this command spells it
+        raise LmkitError(e.spelled("--truncate") if not a.beams else str(e).split(" (")[0] + " (shorten it)") from None
+
+
+def _write_samples(a, lm, prompt: str, shown: str, sampling: dict) -> None:
     if a.beams:
         print(shown + lm.beam_search(prompt, num_beams=a.beams, max_new_tokens=a.max_new_tokens))
         return
@@ -97,12 +121,26 @@ def run_generate(a) -> None:
         print()
 
 
+def _read_schema(path: str) -> dict:
+    import json
+    from pathlib import Path
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LmkitError(f"--json-schema {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise LmkitError(f"--json-schema {path}: not JSON ({e})") from None
+    if not isinstance(schema, dict):
+        raise LmkitError(f"--json-schema {path}: must hold a JSON Schema object, not a {type(schema).__name__}")
+    return schema or True  # {}: any JSON object
+
+
 def run_chat(a) -> None:
     from ..api import load
     from ..runs import CAUSAL
     from ..serve.terminal import chat
     sampling = sampling_options(a)
-    chat(load(a.run_dir, device=a.device, families=CAUSAL, purpose="chat"), **sampling)
+    chat(load(a.run_dir, device=a.device, families=CAUSAL, purpose="chat"), system=a.system, **sampling)
 
 
 def run_fill_mask(a) -> None:

@@ -18,6 +18,9 @@ def register(g: flags.Group) -> None:
                  help="torch CPU threads for decoding (default 0 = torch's choice)")
     p.add_argument("--encoder", default=None, metavar="MODEL",
                    help="also serve POST /v1/embeddings with this encoder (all-MiniLM-L6-v2, a BERT run or HF folder)")
+    flags.number(p, "--drain-seconds", type=float, lo=0, hi=3600, default=30.0,
+                 help="on SIGTERM or Ctrl-C, let running streams finish for up to this long, then end them "
+                      "cleanly (default 30)")
     flags.device(p)
 
 
@@ -27,4 +30,4 @@ def run_serve(a) -> None:
         import torch
         torch.set_num_threads(a.threads)
     serve(a.run_dir, host=a.host, port=a.port, api_key=a.api_key, device=a.device, max_batch=a.max_batch,
-          encoder=a.encoder)
+          encoder=a.encoder, drain_seconds=a.drain_seconds)

@@ -8,6 +8,10 @@ Under data parallelism every rank holds the same generator and draws the offsets
 batch (batch_size × world_size windows); rank r keeps rows [r·batch_size, (r+1)·batch_size). The ranks'
 data are disjoint slices of one draw, so 2 ranks × batch b see exactly the batches of 1 process × 2b,
 and a checkpoint resumes on any world size.
+
+A prepared mixture (data.mixture) hands its sources' ranges as `spans` [(start, end, weight)]: each global
+batch then takes floor or ceil of N·weight windows from each source (systematic sampling from one random
+start, in a random order), each inside its source's range, from the same generator.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from ..errors import LmkitError
 
 class CausalBatches:
     def __init__(self, tokens: np.memmap, block_size: int, batch_size: int, seed: int, name: str = "train",
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, spans: list | None = None, labels: list | None = None):
         if len(tokens) < block_size + 2:
             raise LmkitError(f"{name} split has {len(tokens)} tokens, fewer than block_size+2 = {block_size + 2}; "
                              "use more data or a smaller block_size")
@@ -27,10 +31,35 @@ class CausalBatches:
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
         self._arange = np.arange(block_size + 1)
+        self.spans = None
+        if spans and len(spans) > 1:
+            self._mixture(spans, labels, name)
+
+    def _mixture(self, spans: list, labels: list | None, name: str) -> None:
+        for i, (start, end, _) in enumerate(spans):
+            if end - start < self.block_size + 2:
+                raise LmkitError(f"{labels[i] if labels else f'source {i}'}: its {name} split has {end - start} "
+                                 f"tokens, fewer than block_size+2 = {self.block_size + 2}; give it more text or "
+                                 "leave it out of the mixture")
+        w = torch.tensor([s[2] for s in spans], dtype=torch.float64)
+        self.cumulative = torch.cumsum(w / w.sum(), 0)
+        self.cumulative[-1] = 1.0
+        self.spans = torch.tensor([s[0] for s in spans]), torch.tensor([s[1] - s[0] - self.block_size - 1 for s in spans])
+
+    def draw_sources(self, n: int) -> torch.Tensor:
+        """Which source each of n windows comes from: systematic sampling, in a random order."""
+        u = (torch.rand((), generator=self.generator, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)) / n
+        which = torch.searchsorted(self.cumulative, u, right=True).clamp_(max=len(self.cumulative) - 1)
+        return which[torch.randperm(n, generator=self.generator)]
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.tokens) - self.block_size - 1, (self.batch_size * self.world_size,),
-                               generator=self.generator)
+        n = self.batch_size * self.world_size
+        if self.spans is None:
+            starts = torch.randint(len(self.tokens) - self.block_size - 1, (n,), generator=self.generator)
+        else:
+            which = self.draw_sources(n)
+            u = torch.rand(n, generator=self.generator, dtype=torch.float64)
+            starts = self.spans[0][which] + (u * self.spans[1][which]).long()
         starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]  # this rank's slice
         window = torch.from_numpy(self.tokens[starts.numpy()[:, None] + self._arange].astype(np.int64))  # (B, T+1)
         return window[:, :-1], window[:, 1:]
@@ -51,8 +80,9 @@ class MLMBatches(CausalBatches):
     """
 
     def __init__(self, tokens: np.memmap, block_size: int, batch_size: int, seed: int, tokenizer,
-                 mlm_probability: float = 0.15, name: str = "train", rank: int = 0, world_size: int = 1):
-        super().__init__(tokens, block_size - 1, batch_size, seed, name, rank, world_size)
+                 mlm_probability: float = 0.15, name: str = "train", rank: int = 0, world_size: int = 1,
+                 spans: list | None = None, labels: list | None = None):
+        super().__init__(tokens, block_size - 1, batch_size, seed, name, rank, world_size, spans, labels)
         if tokenizer.mask_id is None or tokenizer.cls_id is None:
             raise LmkitError("objective = 'mlm' needs a tokenizer with [CLS] and [MASK] (use tokenizer = 'wordpiece')")
         self.cls_id, self.mask_id, self.p = tokenizer.cls_id, tokenizer.mask_id, mlm_probability
@@ -82,12 +112,14 @@ def mask_tokens(x: torch.Tensor, p: float, mask_id: int, vocab_size: int, specia
 
 def make_batches(tokens: np.memmap, cfg, seed: int, tokenizer, name: str = "train", rank: int = 0,
                  world_size: int = 1) -> CausalBatches:
-    """The batches the training objective needs: next-token windows (clm) or masked windows (mlm)."""
+    """The batches the training objective needs: next-token windows (clm) or masked windows (mlm); from a
+    mixture's sources in proportion to their weights when `tokens` (open_split) carries their spans."""
     t = cfg.train
+    spans, labels = getattr(tokens, "mixture", None), getattr(tokens, "mixture_labels", None)
     if t.objective == "mlm":
         return MLMBatches(tokens, cfg.model.block_size, t.batch_size, seed, tokenizer, t.mlm_probability, name,
-                          rank, world_size)
-    return CausalBatches(tokens, cfg.model.block_size, t.batch_size, seed, name, rank, world_size)
+                          rank, world_size, spans, labels)
+    return CausalBatches(tokens, cfg.model.block_size, t.batch_size, seed, name, rank, world_size, spans, labels)
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

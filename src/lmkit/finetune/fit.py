@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, DataConfig, TrainConfig
+from ..config import Config, DataConfig, TrainConfig, apply_env
 from ..errors import LmkitError
 from ..io import atomic_write_text
 from ..tokenizer import Tokenizer
@@ -31,8 +31,15 @@ from .metrics import classification_report, format_confusion
 from .tabular import read_labeled
 
 
+# the peak learning rate when --learning-rate is not given: the rate of each model's SST-2 figure in
+# benchmarks/RESULTS.md (bag-of-embeddings 80.96% and lstm with 3e-3, fresh BERT with 5e-4, all-MiniLM-L6-v2 as
+# --base with 1e-4)
+DEFAULT_LR = {"base": 1e-4, "bag-of-embeddings": 3e-3, "lstm": 3e-3, "gpt": 5e-4, "bert": 5e-4}
+
+
 @dataclass
 class ClassifyConfig:
+    """`lmkit finetune classify`'s settings; the defaults are those of the SST-2 figures in benchmarks/RESULTS.md."""
     train: str  # labelled .csv / .tsv / .jsonl
     eval: str
     out: str  # run directory to write
@@ -42,7 +49,7 @@ class ClassifyConfig:
     label_field: Optional[str] = None  # None = find it (label, sentiment, class, …)
     epochs: int = 3
     batch_size: int = 32
-    learning_rate: Optional[float] = None  # None = 5e-5 with a pretrained base, 1e-3 from scratch
+    learning_rate: Optional[float] = None  # None = DEFAULT_LR of the base / fresh model
     weight_decay: float = 0.01
     max_len: int = 128  # tokens per text, longer ones are truncated
     pooling: Optional[str] = None  # cls, mean, last; None = mean for encoders, last for gpt/lstm
@@ -159,6 +166,11 @@ class ClassifyTask(Task):
         return {"val": r["loss"], "epoch": epoch, "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
                 "confusion": r["confusion"]}
 
+    def texts(self, result: dict) -> dict:
+        """Text for the trackers at each evaluation (TensorBoard's text tab): the confusion matrix."""
+        table = format_confusion(result["confusion"], self.labels)
+        return {"eval/confusion": "\n".join("    " + line for line in table.splitlines())}
+
     def save(self, trainer: Trainer, out_dir: Path) -> None:
         atomic_write_text(out_dir / "classifier.json", json.dumps(self.meta, indent=2) + "\n")
 
@@ -198,14 +210,14 @@ def finetune_classify(c: ClassifyConfig) -> dict:
 
     if c.base is not None:
         backbone, kind, tokenizer = open_base(c.base)
-        lr = c.learning_rate or 5e-5
+        lr = c.learning_rate or DEFAULT_LR["base"]
     else:
         kind = c.model
         if c.progress:
             print(f"training a WordPiece tokenizer ({c.vocab_size} tokens) on {c.train} …", flush=True)
         tokenizer = Tokenizer.train(train.texts, kind="wordpiece", vocab_size=c.vocab_size)
         backbone = fresh_backbone(kind, tokenizer, c.max_len, c.n_layer, c.n_embd, c.n_head, c.dropout)
-        lr = c.learning_rate or 1e-3
+        lr = c.learning_rate or DEFAULT_LR[kind]
     if kind not in BACKBONES:
         raise LmkitError(f"{c.base}: a '{kind}' model cannot be fine-tuned for classification")
     max_len = c.max_len if isinstance(backbone, BagOfEmbeddings) else min(c.max_len, backbone.config.block_size)
@@ -232,6 +244,7 @@ def finetune_classify(c: ClassifyConfig) -> dict:
         warmup_iters=max(1, total // 10), weight_decay=c.weight_decay, beta2=0.999, grad_clip=1.0,
         eval_interval=c.eval_every or batches.steps_per_epoch, log_interval=min(10, total), dtype="float32",
         device=c.device, seed=c.seed, max_minutes=c.max_minutes))
+    apply_env(cfg, ("train",))  # LMKIT_SET (the README test's tiny runs)
     if c.progress:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{kind} classifier, {n_params / 1e6:.2f}M parameters, {len(x_train):,} training texts, "

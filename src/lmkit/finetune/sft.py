@@ -9,23 +9,27 @@ through lmkit's one training loop (train/trainer.py) with an `SFTTask`.
     3. full fine-tuning trains every weight; with lora_rank > 0 only the adapters train (models/lora.py);
     4. the Trainer keeps the checkpoint with the best validation loss. The run directory loads with
        `lmkit.load` / `lmkit chat` / `lmkit serve`; a LoRA run also holds its adapters on their own, and
-       `merge` (or --merge) writes a plain run with the adapters folded in.
+       `merge` (or --merge) writes a plain run with the adapters folded in. When the base keeps its vocabulary
+       (it has a chat template of its own) and has a Hugging Face format, the run also holds <out>/peft: the
+       adapters in PEFT's format, for peft.PeftModel.from_pretrained(base, "<out>/peft") (runs/peft.py).
 """
 from __future__ import annotations
 
 import copy
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..chat import TOKENS, add_role_tokens
-from ..config import Config, apply, parse_overrides, validate
+from ..config import Config, apply, apply_env, parse_overrides, validate
 from ..errors import LmkitError
 from ..models import lora
 from ..runs import FLOAT, check_target, open_run, save_run
 from ..runs.native import save_adapters
+from ..runs.peft import FOLDER as PEFT_FOLDER, peft_settings, save_peft
 from ..train.trainer import Task, Trainer, TrainResult, autocast_ctx
 from .sft_data import PackedBatches, load_examples, split_examples
 
@@ -81,9 +85,10 @@ class SFTTask(Task):
     """Packed conversations for the Trainer; evaluation is the reply-token loss on the held-out split."""
     metric, higher_is_better = "val", False  # keep the checkpoint with the best validation loss
 
-    def __init__(self, cfg: Config, tokenizer, template, train, val, pad_id: int, adapters: dict | None):
+    def __init__(self, cfg: Config, tokenizer, template, train, val, pad_id: int, adapters: dict | None,
+                 peft: dict | None = None):
         t, block = cfg.train, cfg.model.block_size
-        self.tokenizer, self.template, self.cfg, self.adapters = tokenizer, template, cfg, adapters
+        self.tokenizer, self.template, self.cfg, self.adapters, self.peft = tokenizer, template, cfg, adapters, peft
         self.train_batches = PackedBatches(train, block, t.batch_size, pad_id, t.seed)
         self.val_rows = PackedBatches(val, block, t.batch_size, pad_id, t.seed, shuffle=False).rows
         self.train_rows = PackedBatches(train, block, t.batch_size, pad_id, 1234).rows  # a fixed sample
@@ -107,6 +112,8 @@ class SFTTask(Task):
         self.template.save(out_dir)
         if self.adapters is not None:
             save_adapters(trainer.model, out_dir, self.adapters)
+        if self.peft is not None:
+            save_peft(trainer.model, out_dir / PEFT_FOLDER, self.peft)
 
 
 def training_config(base_cfg: Config, c: SFTConfig) -> Config:
@@ -115,6 +122,7 @@ def training_config(base_cfg: Config, c: SFTConfig) -> Config:
     apply(cfg, {k: v for k, v in defaults.items()}, "sft defaults")
     cfg.train.min_lr = cfg.train.learning_rate / 10
     apply(cfg, parse_overrides(c.overrides), "--set")
+    apply_env(cfg, ("train",))  # LMKIT_SET (the README test's tiny runs); the base model's shape stays
     if cfg.train.min_lr > cfg.train.learning_rate:
         cfg.train.min_lr = cfg.train.learning_rate / 10
     cfg.data.data, cfg.train.out_dir = str(c.data), str(c.out)
@@ -129,7 +137,8 @@ def finetune_sft(c: SFTConfig) -> TrainResult:
     lm = open_run(c.base, accept=FLOAT, families=("gpt",), purpose="finetune sft --base")
     model, tokenizer = lm.model.train(), lm.tokenizer
     cfg = training_config(lm.config, c)
-    if not lm.chat_template.special:  # first chat fine-tune: add the role tokens
+    grows = not lm.chat_template.special
+    if grows:  # first chat fine-tune: add the role tokens
         have = tokenizer.vocab_size
         ids = add_role_tokens(tokenizer)
         new = [(i, m) for i, m in zip(ids, dict.fromkeys(TOKENS.markers)) if i >= have]
@@ -139,11 +148,14 @@ def finetune_sft(c: SFTConfig) -> TrainResult:
     template = TOKENS if not lm.chat_template.special else lm.chat_template
     examples, counts = load_examples(c.data, tokenizer, template, cfg.model.block_size + 1, c.too_long)
     train, val = split_examples(examples, cfg.data.val_fraction, cfg.train.seed)
-    adapters = None
+    adapters = peft = None
     if c.lora_rank:
         alpha = c.lora_alpha or 2.0 * c.lora_rank
-        lora.add_lora(model, c.lora_targets, c.lora_rank, alpha, c.lora_dropout)
+        adapted = lora.add_lora(model, c.lora_targets, c.lora_rank, alpha, c.lora_dropout)
         adapters = {"rank": c.lora_rank, "alpha": alpha, "targets": list(c.lora_targets), "base": str(c.base)}
+        peft, why = peft_form(model, cfg, adapted, c, alpha, grows)
+        if c.progress:
+            print(f"PEFT adapter: {Path(c.out) / PEFT_FOLDER}" if peft else f"no PEFT adapter: {why}", flush=True)
     trainable, total = lora.count_parameters(model)
     if c.progress:
         kind = f"LoRA rank {c.lora_rank}" if c.lora_rank else "full fine-tuning"
@@ -152,12 +164,29 @@ def finetune_sft(c: SFTConfig) -> TrainResult:
               f"{len(train):,} train / {len(val):,} held-out conversations ({n_reply:,} reply tokens in train) "
               f"from {counts['rows']:,} rows", flush=True)
     pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
-    task = SFTTask(cfg, tokenizer, template, train, val, pad_id, adapters)
+    task = SFTTask(cfg, tokenizer, template, train, val, pad_id, adapters, peft)
+    stale = Path(c.out) / PEFT_FOLDER
+    if c.overwrite and peft is None and (stale / "adapter_config.json").is_file():  # from the run replaced
+        shutil.rmtree(stale)
     result = Trainer(cfg, resume=c.resume, overwrite=c.overwrite, progress=c.progress, init_model=model,
                      task=task).fit()
     if c.merge and adapters is not None:
         merge_run(c.out, Path(c.out) / "merged", overwrite=True)
     return result
+
+
+def peft_form(model, cfg: Config, adapted: list[str], c: SFTConfig, alpha: float, grows: bool):
+    """(what runs.peft.save_peft needs, or None; why not): PEFT's format holds the adapters alone, on the base
+    model as it is, so a base whose vocabulary grows (the role tokens added: no chat template of its own)
+    or one with no Hugging Face format gets none."""
+    if grows:
+        return None, ("the base has no chat template of its own, so its vocabulary grew by the role tokens, "
+                      "which a PEFT LoRA adapter does not hold")
+    base = str(c.base).removeprefix("hf:") if str(c.base).startswith("hf:") else str(Path(c.base).resolve())
+    try:
+        return peft_settings(model, cfg.model, adapted, base, c.lora_rank, alpha, c.lora_dropout), ""
+    except LmkitError as e:
+        return None, str(e)
 
 
 def merge_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:

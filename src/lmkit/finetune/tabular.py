@@ -37,6 +37,7 @@ def read_rows(path: str | Path) -> tuple[list[str], list[dict]]:
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",",
                                         quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
                 rows, columns = list(reader), list(reader.fieldnames or [])
+                _check_widths(path, rows, columns, suffix)
             else:
                 raise LmkitError(f"{path}: unknown file type '{suffix}' (use .csv, .tsv or .jsonl)")
     except UnicodeDecodeError as e:
@@ -44,6 +45,17 @@ def read_rows(path: str | Path) -> tuple[list[str], list[dict]]:
     if not rows:
         raise LmkitError(f"{path}: no rows")
     return columns, rows
+
+
+def _check_widths(path: Path, rows: list[dict], columns: list[str], suffix: str) -> None:
+    """A row with more fields than the header (an unquoted comma, a tab inside a .tsv text) is refused: its text
+    would be cut at the separator without a word."""
+    wide = [i for i, row in enumerate(rows, 1) if None in row]  # DictReader keeps the extra fields under None
+    if wide:
+        fix = ('quote a text that holds a comma: "like, this"' if suffix == ".csv" else
+               "a .tsv text cannot hold a tab (use .csv with quotes, or .jsonl)")
+        raise LmkitError(f"{path}: row {wide[0]} has {len(columns) + len(rows[wide[0] - 1][None])} fields, the header "
+                         f"{len(columns)} ({len(wide)} such row{'s' if len(wide) > 1 else ''}); {fix}")
 
 
 def pick_field(path, columns: list[str], given: str | None, candidates: tuple[str, ...], what: str) -> str:

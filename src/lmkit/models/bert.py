@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .attention import apply_rope, attend, rope_tables
@@ -61,6 +62,7 @@ class Block(nn.Module):
 
 class BERT(nn.Module):
     is_causal = False  # every position sees every other (non-padding) position
+    activation_checkpointing = False  # set by the Trainer (train.activation_checkpointing): recompute blocks
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -106,8 +108,9 @@ class BERT(nn.Module):
         x = x + self.wtt(token_type_ids if token_type_ids is not None else torch.zeros_like(idx))
         x = self.drop(self.ln_emb(x))
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Tk)
-        for block in self.h:
-            x = block(x, mask, rope)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.h:  # activation checkpointing: as in GPT.encode
+            x = checkpoint(block, x, mask, rope, use_reentrant=False) if recompute else block(x, mask, rope)
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, attention_mask=None,

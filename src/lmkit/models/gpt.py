@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .attention import KVCache, apply_rope, attend, rope_tables, sliding_window_mask
@@ -168,6 +169,7 @@ def document_positions_and_mask(document_ids: torch.Tensor) -> tuple[torch.Tenso
 
 class GPT(nn.Module):
     is_causal = True  # each position sees only itself and the past
+    activation_checkpointing = False  # set by the Trainer (train.activation_checkpointing): recompute blocks
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -252,8 +254,12 @@ class GPT(nn.Module):
         if window and start + T > window:  # the same band for every layer, prefill and cached steps alike
             mask = sliding_window_mask(mask, T, start + T, window, idx.device)
         x = self.drop(x)
+        recompute = self.activation_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
-            x = block(x, rope, cache, i, mask)
+            if recompute:  # keep the block's input only; backward runs the block again (same dropout masks)
+                x = checkpoint(block, x, rope, None, i, mask, use_reentrant=False)
+            else:
+                x = block(x, rope, cache, i, mask)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)

@@ -13,6 +13,7 @@ MARKERS = {"int8": "quantization.json", "lora": "adapter_config.json", "pruned":
 DESCRIPTION = {
     "run": "an lmkit run (made by lmkit train)",
     "hf": "a Hugging Face model folder",
+    "peft": "a PEFT LoRA adapter folder (made by peft, or by lmkit finetune sft --lora-rank)",
     "int8": "an int8 run (made by lmkit quantize)",
     "pruned": "a pruned run (made by lmkit prune)",
     "lora": "a LoRA run (made by lmkit finetune sft --lora-rank)",
@@ -23,6 +24,8 @@ DESCRIPTION = {
 }
 FAMILY_NAME = {"gpt": "a GPT (causal LM)", "lstm": "an LSTM/GRU language model", "bert": "a BERT encoder",
                "classifier": "a text classifier"}
+PEFT_CONFIG = "adapter_config.json"  # a PEFT adapter folder's file (the same name as lmkit's LoRA marker; PEFT's
+# has a peft_type key, and no lmkit config.json beside it need be there)
 # Hugging Face model_type -> lmkit family (models/gpt_hf.py and bert_hf.py translate them)
 HF_FAMILIES = {"gpt2": "gpt", "llama": "gpt", "qwen2": "gpt", "qwen3": "gpt", "mistral": "gpt", "bert": "bert"}
 
@@ -36,6 +39,8 @@ class Found:
     hf_id: bool = False
 
     def describe(self) -> str:
+        if self.kind == "hf" and "peft_type" in self.meta:  # read as kind hf: merged onto its base (runs/hf.py)
+            return DESCRIPTION["peft"]
         text = DESCRIPTION[self.kind]
         if self.family and self.kind in ("run", "hf", "int8", "pruned", "lora", "merged"):
             name = {"gpt": "GPT", "bert": "BERT", "lstm": "LSTM"}.get(self.family, self.family)
@@ -62,6 +67,8 @@ def detect(path: str | Path, what: str = "run directory") -> Found:
         return Found(path, "index", meta=read_json(path / "meta.json"))
     if (path / "meta.json").is_file() and (path / "train.bin").is_file():
         return Found(path, "data", meta=read_json(path / "meta.json"))
+    if (path / PEFT_CONFIG).is_file() and "peft_type" in (peft := read_json(path / PEFT_CONFIG)):
+        return Found(path, "hf", "gpt", peft)  # a PEFT adapter: read as its base with the adapter merged in
     if not (path / "config.json").is_file():
         raise LmkitError(f"{path}: not a {what}" + (" (no config.json)" if what == "run directory" else ""))
     raw = read_json(path / "config.json")

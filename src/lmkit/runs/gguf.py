@@ -2,7 +2,8 @@
 
     export_gguf("runs/x", "x.gguf", type="q8_0")
 
-The file holds, under llama.cpp's `llama` architecture:
+The file holds, under llama.cpp's `llama`, `qwen2` (biases on q/k/v) or `qwen3` (q/k norms) architecture, the
+first that holds the model (ARCHS; the keys below are spelled with that name first):
     metadata   llama.context_length, embedding_length, block_count, feed_forward_length,
                attention.head_count / head_count_kv / layer_norm_rms_epsilon (and key/value_length when the
                head size is not n_embd / n_head), rope.freq_base, rope.dimension_count, vocab_size,
@@ -10,8 +11,8 @@ The file holds, under llama.cpp's `llama` architecture:
     tokenizer  tokenizer.ggml.model = gpt2 (byte-level BPE): tokens, token types, merges, the pre-tokenizer's
                name, bos / eos (/ pad) ids, whether a bos is added; tokenizer.chat_template when the run has one
     tensors    token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up,
-               ffn_down}, output_norm, output (absent when the head is tied: llama.cpp then reuses token_embd),
-               rope_freqs for Llama 3's long-context rope
+               ffn_down} (+ attn_q/k/v.bias for qwen2, attn_q_norm / attn_k_norm for qwen3), output_norm, output
+               (absent when the head is tied: llama.cpp then reuses token_embd), rope_freqs for Llama 3's rope
 
 The weights are first given their Hugging Face Llama names by the family's own table (models/gpt_hf.py, which
 also splits lmkit's fused qkv and gate/up), then renamed once more by HF_TO_GGUF below.
@@ -20,7 +21,8 @@ Rotary layout. lmkit (like Hugging Face) rotates each head's pair (x_i, x_{i+d/2
 llama.cpp's `llama` architecture rotates adjacent pairs (x_{2i}, x_{2i+1}) with the same frequency θ^(-2i/d).
 So the rows of every head of attn_q and attn_k (weights and biases) are reordered from [first half; second half]
 to interleaved, row i -> 2i and row d/2+i -> 2i+1 (`interleave_rotary`). q·k is unchanged because q and k are
-reordered alike; v and the output projection stay as they are.
+reordered alike; v and the output projection stay as they are. llama.cpp's `qwen2` and `qwen3` rotate halves
+(its "neox" rope), as lmkit does: their rows stay in order.
 
 Types: f16 (matrices in float16), q8_0 and q4_0 (matrices quantized in blocks of 32 by the `gguf` package's
 own quantizers; a matrix whose rows are not a multiple of 32 stays f16). Vectors (norms, biases, rope factors)
@@ -46,6 +48,7 @@ TYPES = ("f16", "q8_0", "q4_0")
 # what export-gguf opens: float weights written by lmkit or a Hugging Face folder; a LoRA run is refused with
 # the advice to merge it first (detect.ADVICE), an int8 run with the advice to use its float source
 ACCEPT = ("run", "hf", "pruned", "merged")
+ARCHS = ("llama", "qwen2", "qwen3")  # lmkit's Hugging Face format = llama.cpp's architecture of the same name
 HINTS = {"bert": "GGUF export is for Llama-style causal LMs, not encoders",
          "lstm": "GGUF export is for Llama-style Transformers, not recurrent LMs"}
 L = "model.layers.{i}."
@@ -56,6 +59,8 @@ HF_TO_GGUF = [  # Hugging Face Llama name -> llama.cpp's name ({i}: the layer, {
     (L + "self_attn.k_proj.{p}", "blk.{i}.attn_k.{p}"),
     (L + "self_attn.v_proj.{p}", "blk.{i}.attn_v.{p}"),
     (L + "self_attn.o_proj.{p}", "blk.{i}.attn_output.{p}"),
+    (L + "self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight"),
+    (L + "self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight"),
     (L + "post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight"),
     (L + "mlp.gate_proj.{p}", "blk.{i}.ffn_gate.{p}"),
     (L + "mlp.up_proj.{p}", "blk.{i}.ffn_up.{p}"),
@@ -95,22 +100,24 @@ def gguf_name(hf_name: str) -> str:
     raise LmkitError(f"export-gguf: no GGUF name for weight '{hf_name}'")
 
 
-def open_llama(src: str | Path) -> Run:
-    """The run, refused in one line unless it is a float GPT that the Llama format holds."""
+def open_llama(src: str | Path) -> tuple[Run, str]:
+    """(the run, its llama.cpp architecture), refused in one line unless it is a float GPT that one holds."""
     run = open_run(src, accept=ACCEPT, families=("gpt",), purpose="export-gguf", hints=HINTS)
-    if misfits := gpt_hf.misfits(run.config.model, "llama"):
+    arch = next((a for a in ARCHS if not gpt_hf.misfits(run.config.model, a)), None)
+    if arch is None:
         raise LmkitError(f"{run.path}: export-gguf writes Llama-style models (pos = rope, norm = rmsnorm, "
-                         f"mlp = swiglu); this one has {', '.join(misfits)}")
-    return run
+                         f"mlp = swiglu; llama, qwen2, qwen3); this one has "
+                         f"{', '.join(gpt_hf.misfits(run.config.model, 'llama'))}")
+    return run, arch
 
 
-def gguf_tensors(run: Run) -> dict[str, torch.Tensor]:
-    """llama.cpp's tensor names -> float32 tensors, q and k reordered for its rope."""
+def gguf_tensors(run: Run, arch: str = "llama") -> dict[str, torch.Tensor]:
+    """llama.cpp's tensor names -> float32 tensors, q and k reordered for the `llama` architecture's rope."""
     m = run.config.model
     sd = {k: v.detach().float().cpu() for k, v in run.model.state_dict().items()}
-    heads = {"attn_q": m.n_head, "attn_k": m.n_kv_head or m.n_head}
+    heads = {"attn_q": m.n_head, "attn_k": m.n_kv_head or m.n_head} if arch == "llama" else {}
     out = {}
-    for name, t in to_hf(gpt_hf.names(m, "llama"), sd, where="export-gguf").items():
+    for name, t in to_hf(gpt_hf.names(m, arch), sd, where="export-gguf").items():
         name = gguf_name(name)
         kind = name.split(".")[-2]
         out[name] = interleave_rotary(t, heads[kind]) if kind in heads else t
@@ -129,7 +136,7 @@ def pre_tokenizer_name(spec: dict | None) -> str | None:
     steps = spec.get("pretokenizers", []) if spec.get("type") == "Sequence" else [spec]
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp spells GPT-2's pre-tokenizer so (tokenizer.ggml.model stays gpt2)
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
@@ -150,7 +157,7 @@ def tokenizer_fields(run: Run, n_vocab: int, gguf) -> dict:
     pre = pre_tokenizer_name(spec.get("pre_tokenizer"))
     if pre is None:
         raise LmkitError(f"{run.path}: export-gguf: the tokenizer's pre-tokenizer is not one llama.cpp knows "
-                         "(gpt2, llama-bpe, qwen2, smollm)")
+                         "(gpt-2, llama-bpe, qwen2, smollm)")
     vocab = dict(model["vocab"])
     types = dict.fromkeys(vocab.values(), gguf.TokenType.NORMAL)
     for added in spec.get("added_tokens", []):
@@ -187,9 +194,9 @@ def export_gguf(src: str | Path, out: str | Path, type: str = "f16", overwrite: 
     out = check_file_target(out)
     if out.exists() and not overwrite:
         raise LmkitError(f"{out}: already exists (pass --overwrite to replace it)")
-    run = open_llama(src)
+    run, arch = open_llama(src)
     m = run.config.model
-    tensors = gguf_tensors(run)
+    tensors = gguf_tensors(run, arch)
     vocab = tensors["token_embd.weight"].shape[0]
     tok = tokenizer_fields(run, vocab, gguf)
     qtype = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
@@ -198,7 +205,7 @@ def export_gguf(src: str | Path, out: str | Path, type: str = "f16", overwrite: 
              "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[type]
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     with atomic_path(out) as tmp:
-        w = gguf.GGUFWriter(str(tmp), "llama")
+        w = gguf.GGUFWriter(str(tmp), arch)
         w.add_name(Path(run.path).name)
         w.add_context_length(m.block_size)
         w.add_embedding_length(m.n_embd)
@@ -243,5 +250,5 @@ def export_gguf(src: str | Path, out: str | Path, type: str = "f16", overwrite: 
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-    return {"path": str(out), "bytes": os.path.getsize(out), "type": type, "tensors": types,
+    return {"path": str(out), "bytes": os.path.getsize(out), "type": type, "arch": arch, "tensors": types,
             "vocab": vocab, "pre": tok["pre"], "chat_template": template is not None}

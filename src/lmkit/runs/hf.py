@@ -4,6 +4,8 @@
     model.safetensors     the weights (or model-*.safetensors shards with model.safetensors.index.json, or
                           pytorch_model.bin, read with torch.load(weights_only=True): never unpickled)
     tokenizer.json        the tokenizer (or GPT-2's vocab.json + merges.txt, or BERT's vocab.txt)
+A PEFT LoRA adapter folder (adapter_config.json with peft_type) reads as its base model, named by its
+base_model_name_or_path, with the adapters merged in (runs/peft.py).
 
 The weights are renamed by the family's table (models/hf_names.py); nothing is approximated. import-hf
 streams them, one tensor at a time, from the checkpoint into the run's model.safetensors (peak memory: about
@@ -34,12 +36,14 @@ from ..models.classifier import Classifier
 from ..models.hf_names import from_hf, join, plan
 from ..tokenizer import Tokenizer
 from .classifier import save_classifier
-from .detect import HF_FAMILIES, detect, read_json, refusal
-from .native import check_fit, fit_weights, save_native
+from .detect import HF_FAMILIES, PEFT_CONFIG, detect, read_json, refusal
+from .native import check_fit, fit_weights, read_native, save_native
+from .peft import base_folder, check_config, merge_peft
 from .record import Run
 from .target import clear
 
 SUPPORTED = tuple(HF_FAMILIES)  # the model_types import-hf takes
+PEFT_BASES = ("hf", "run", "pruned", "merged", "lora")  # what a PEFT adapter's base may be: a float model
 
 
 # ---- the three parts of a folder --------------------------------------------------------------------
@@ -200,11 +204,27 @@ def write_streamed(file: Path, specs: dict[str, torch.Tensor], produce: Callable
 def read_hf(path: str | Path) -> Run:
     """A Hugging Face folder as a Run (kind "hf"), the model built from config.json with the renamed weights."""
     path = Path(path)
+    if (path / PEFT_CONFIG).is_file() and "peft_type" in read_json(path / PEFT_CONFIG):
+        return read_peft(path)
     hc, cfg = hf_config(path)
     tok = hf_tokenizer(path, cfg)
     model = build_model(cfg.model)
     fit_weights(model, hf_state(path, hc, cfg), weights_file(path))
     return Run(path, "hf", cfg, model, tok, load_template(path, tok), {"model_type": hc["model_type"]})
+
+
+def read_peft(path: Path) -> Run:
+    """A PEFT LoRA adapter folder as a Run (kind "hf"): its base model, a Hugging Face folder or an lmkit run,
+    with every adapter merged into the weights; the base's tokenizer and chat template."""
+    meta = check_config(path)
+    base = resolve_hub(base_folder(path, meta))
+    found = detect(base, "base model folder")
+    if found.kind not in PEFT_BASES or "peft_type" in found.meta or found.family != "gpt":
+        raise LmkitError(f"{path / PEFT_CONFIG}: base_model_name_or_path {base} is {found.describe()}; a PEFT "
+                         "adapter here goes on a GPT's float weights (a Hugging Face folder or an lmkit run)")
+    run = read_hf(base) if found.kind == "hf" else read_native(base, found.kind)
+    merge_peft(run.model, run.config.model, path, meta)
+    return Run(path, "hf", run.config, run.model, run.tokenizer, run.chat_template, {**meta, "base": str(base)})
 
 
 def resolve_hub(path: str | Path) -> Path:
@@ -233,6 +253,10 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False) -> Path
     found = detect(src)
     if found.kind != "hf":
         raise LmkitError(refusal(found, "import-hf", None, ("hf",)))
+    if "peft_type" in found.meta:  # a PEFT adapter: its base with the adapters merged in, as a plain run
+        run = read_peft(src)
+        return save_native(out, run.config, run.tokenizer, model=run.model, chat_template=run.chat_template,
+                           overwrite=overwrite)
     hc, cfg = hf_config(src)
     if "BertForSequenceClassification" in (hc.get("architectures") or []):
         return import_bert_classifier(src, out, hc, cfg)

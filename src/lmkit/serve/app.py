@@ -1,6 +1,7 @@
 """An OpenAI-compatible HTTP server over one run directory (FastAPI + uvicorn).
 
     GET  /health               liveness and load
+    GET  /metrics              Prometheus text format: requests, tokens, batch size, queue wait, TTFT, tokens/s
     GET  /v1/models            the one model served (its id is the run directory's name)
     POST /v1/completions       text continuation, streaming (server-sent events) or not
     POST /v1/chat/completions  chat, streaming or not
@@ -13,6 +14,10 @@ status (errors.py): a field the server does not know, or an OpenAI field it does
 431 (protocol.py, the uvicorn settings `serve()` uses). With an API key, a request without
 `Authorization: Bearer KEY` gets 401 (the static chat page itself is open: it holds no data and asks
 for the key).
+
+`serve()` shuts down gracefully on SIGTERM (or Ctrl-C): no new connections, waiting requests get a 503,
+running streams decode on for up to `drain_seconds` and are then ended cleanly (finish_reason "length",
+then [DONE]); the process exits once every response is out.
 """
 from __future__ import annotations
 
@@ -27,17 +32,20 @@ from importlib import resources
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
 from ..api import load
 from ..errors import LmkitError
+from ..grammar import json_grammar, tool_grammar
 from ..runs import CAUSAL
 from ..search import Encoder
 from .errors import MAX_BODY_BYTES, ApiError, RequestLimits, error_response, install
 from .protocol import uvicorn_config
 from .responses import ChoiceBuilder, chunk, completion_body
+from .metrics import Metrics
 from .scheduler import Scheduler
 from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields, StrictModel
+from .terminal import fit_turns
 
 
 class ApiKey:
@@ -60,8 +68,9 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
     """The app for a loaded `lmkit.LM`; the scheduler thread starts and stops with it. With an
     `lmkit.search.Encoder`, /v1/embeddings serves its mean-pooled, L2-normalised sentence vectors."""
     model_id = lm.path.name if lm.path is not None else "lmkit"
-    block = lm.model.config.block_size
-    scheduler = Scheduler(lm.model, lm.tokenizer, max_batch=max_batch)
+    block, vocab = lm.model.config.block_size, lm.model.config.vocab_size
+    metrics = Metrics()
+    scheduler = Scheduler(lm.model, lm.tokenizer, max_batch=max_batch, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -85,6 +94,11 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
     async def health():
         return {"status": "ok", "model": model_id, "active_rows": scheduler.active_rows,
                 "waiting": scheduler.inbox.qsize() + len(scheduler.waiting)}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        text = metrics.render(scheduler.active_rows, scheduler.inbox.qsize() + len(scheduler.waiting))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     encoder_id = encoder.path.name if encoder is not None else None
 
@@ -122,18 +136,34 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ApiError(400, "prompt: must not be an empty list", param="prompt")
-        rows = _rows(req, prompts, req.max_tokens, req.logprobs, req.stops())
+        # off the event loop: a request's first JSON Schema or tools compile their grammar (grammar.py)
+        rows = await asyncio.to_thread(_rows, req, prompts, req.max_tokens, req.logprobs, req.stops())
         return await _respond(req, rows, "text_completion", request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
         if req.top_logprobs and not req.logprobs:  # OpenAI: "logprobs must be set to true if this parameter is used"
             raise ApiError(400, "top_logprobs: needs logprobs: true", param="top_logprobs")
-        text, stops = lm.chat_prompt([(m.role, m.text()) for m in req.messages])
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        rows = _rows(req, [text], max_tokens, logprobs, req.stops() + stops, field="messages")
-        return await _respond(req, rows, "chat.completion", request)
+        messages, dropped = [(m.role, m.text()) for m in req.messages], 0
+        if (problem := req.tool_problem()) is not None:
+            raise ApiError(400, problem[1], param=problem[0])
+        if req.tools or any(m.tool_calls or m.role == "tool" for m in req.messages):  # chat_tools.py, chat_jinja.py
+            if req.truncate_history:
+                raise ApiError(400, "truncate_history: not available with tools or tool messages",
+                               param="truncate_history")
+            tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+            text, stops = lm.chat_template.prompt([m.for_template() for m in req.messages], tools=tools)
+        elif req.truncate_history:  # opted in: the oldest turns that leave no room for a reply go (system stays)
+            text, stops, _, dropped = fit_turns(lm, messages, min_reply=max(1, min(max_tokens or block, block // 4)))
+        else:
+            text, stops = lm.chat_prompt(messages)
+        rows = await asyncio.to_thread(_rows, req, [text], max_tokens, logprobs, req.stops() + stops, "messages")
+        response = await _respond(req, rows, "chat.completion", request)
+        if dropped:
+            response.headers["X-Lmkit-Dropped-Messages"] = str(dropped)
+        return response
 
     # ---- helpers ------------------------------------------------------------------------------------
     def _rows(req: SamplingFields, texts: list[str], max_tokens, logprobs, stops, field: str = "prompt"):
@@ -156,14 +186,48 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
             except LmkitError as e:  # "seed must be in …": the message starts with the field's name
                 name = {"max_new_tokens": "max_tokens"}.get(str(e).split(" ")[0], str(e).split(" ")[0])
                 raise ApiError(400, str(e), param=name if name in type(req).model_fields else None)
+            _check_constraints(cfg)
             rows += [(ids, cfg)] * req.n  # the n rows of a prompt share one config: seeds seed, seed+1, …
         return rows
 
+    def _check_constraints(cfg) -> None:
+        """A schema the grammar library cannot compile, or a logit_bias token outside the vocabulary: 400."""
+        if cfg.logit_bias and max(cfg.logit_bias) >= vocab:
+            raise ApiError(400, f"logit_bias: token id {max(cfg.logit_bias)} is outside the vocabulary "
+                                f"(ids 0..{vocab - 1})", param="logit_bias")
+        if cfg.tools is not None:
+            _check_tools(cfg.tools)
+        if cfg.json_schema is not None:
+            param = "response_format" if cfg.json_schema is True else "response_format.json_schema.schema"
+            try:
+                json_grammar(lm.tokenizer, vocab, cfg.json_schema)
+            except LmkitError as e:
+                raise ApiError(400, f"{param}: {str(e).removeprefix('json_schema: ')}", param=param)
+
+    def _check_tools(spec) -> None:
+        """Each function's parameters compile as a JSON Schema, and the calls' grammar compiles: else a 400."""
+        choice, tools = spec
+        for i, (_, params) in enumerate(tools):
+            try:
+                json_grammar(lm.tokenizer, vocab, params or True)
+            except LmkitError as e:
+                param = f"tools[{i}].function.parameters"
+                raise ApiError(400, f"{param}: {str(e).removeprefix('json_schema: ')}", param=param)
+        try:
+            tool_grammar(lm.tokenizer, vocab, tools, choice)
+        except LmkitError as e:
+            raise ApiError(400, str(e), param="tools")
+
     async def _respond(req: SamplingFields, rows, kind: str, request: Request):
+        spec = rows[0][1].tools
         builder = ChoiceBuilder(lm.tokenizer, kind, model_id, f"{'chatcmpl' if kind != 'text_completion' else 'cmpl'}-"
-                                f"{uuid.uuid4().hex[:24]}", int(time.time()), len(rows))
+                                f"{uuid.uuid4().hex[:24]}", int(time.time()), len(rows),
+                                tool_names=[name for name, _ in spec[1]] if spec else None)
         if all(cfg.max_new_tokens == 0 for _, cfg in rows):
             return JSONResponse(completion_body(builder, sum(len(ids) for ids, _ in rows[::req.n])))
+        if scheduler.drain_by is not None:
+            raise ApiError(503, "the server is shutting down", code="server_shutting_down", type="server_error")
+        metrics.request("completions" if kind == "text_completion" else "chat", sum(len(ids) for ids, _ in rows))
         job = scheduler.submit(rows)
         if not req.stream:
             try:
@@ -182,7 +246,9 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
                     yield f"data: {json.dumps(c, ensure_ascii=False)}\n\n"
                 while (item := await job.queue.get()) is not None:
                     if isinstance(item, Exception):
-                        err = {"message": f"internal error: {type(item).__name__}", "type": "server_error"}
+                        err = ({"message": item.message, "type": item.type, "code": item.code}
+                               if isinstance(item, ApiError) else
+                               {"message": f"internal error: {type(item).__name__}", "type": "server_error"})
                         yield f"data: {json.dumps({'error': err})}\n\n"
                         return
                     c = builder.add(item)
@@ -200,13 +266,27 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
     return app
 
 
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, whose exit signal (SIGTERM, Ctrl-C) first starts the scheduler's drain."""
+
+    def __init__(self, config, scheduler: Scheduler, drain_seconds: float):
+        super().__init__(config)
+        self.scheduler, self.drain_seconds = scheduler, drain_seconds
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.scheduler.drain_by is None:
+            self.scheduler.drain(self.drain_seconds)
+        super().handle_exit(sig, frame)
+
+
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          device: str = "cpu", max_batch: int = 32, encoder: str | None = None) -> None:
-    """Load a run directory and serve it until Ctrl-C."""
+          device: str = "cpu", max_batch: int = 32, encoder: str | None = None, drain_seconds: float = 30) -> None:
+    """Load a run directory and serve it until SIGTERM or Ctrl-C (then drain: see the module's docstring)."""
     lm = load(run_dir, device=device, families=CAUSAL, purpose="serve")
     if encoder is not None:
         encoder = Encoder(encoder, max_len=512)
     app = create_app(lm, api_key=api_key, max_batch=max_batch, encoder=encoder)
     print(f"serving {run_dir} at http://{host}:{port}/  (chat page at /, OpenAI API at /v1, schema at /docs)",
           flush=True)
-    uvicorn.Server(uvicorn_config(app, host=host, port=port)).run()
+    config = uvicorn_config(app, host=host, port=port, timeout_graceful_shutdown=drain_seconds + 10)
+    GracefulServer(config, app.state.scheduler, drain_seconds).run()

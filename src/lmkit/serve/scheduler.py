@@ -8,13 +8,19 @@ Each loop iteration
      decoded together with everything else (continuous batching);
   4. drops rows whose request finished or was cancelled (a client that disconnected) — the slot is
      free for the next iteration.
-Results go back to each request's asyncio queue through its event loop, piece by piece.
+Results go back to each request's asyncio queue through its event loop, piece by piece. Rows that ask
+for structured output carry their own grammar matcher inside the session (engine.py, grammar.py).
+
+`drain(grace)` (the server's SIGTERM) admits nothing more: waiting requests get a 503, running rows
+decode on for `grace` seconds and are then ended with finish_reason "length", their text flushed, so
+every stream closes with its last chunk and [DONE]. `metrics` (metrics.py) sees every step.
 """
 from __future__ import annotations
 
 import asyncio
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +28,8 @@ import torch
 from ..engine import DecodeSession
 from ..sampling_config import SamplingConfig
 from ..textstream import Piece, RowText
+from .errors import ApiError
+from .metrics import Metrics
 
 
 @dataclass
@@ -33,6 +41,8 @@ class Job:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     remaining: int = 0
+    submitted: float = field(default_factory=time.monotonic)
+    first_token: bool = False
 
     def emit(self, item) -> None:
         if not self.cancelled:
@@ -43,8 +53,10 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, model, tokenizer, max_batch: int = 32):
+    def __init__(self, model, tokenizer, max_batch: int = 32, metrics: Metrics | None = None):
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.metrics = metrics or Metrics()
+        self.drain_by: float | None = None  # set by drain(): when the running rows are ended
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.waiting: list[Job] = []
         self.live: list[tuple[Job, int, RowText]] = []  # one entry per batch row
@@ -61,6 +73,10 @@ class Scheduler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+    def drain(self, grace: float) -> None:
+        """Stop admitting; end the running rows once `grace` seconds have passed (thread-safe)."""
+        self.drain_by = time.monotonic() + grace
 
     def submit(self, rows: list[tuple[list[int], SamplingConfig]]) -> Job:
         job = Job(rows, asyncio.get_running_loop(), remaining=len(rows))
@@ -90,6 +106,11 @@ class Scheduler:
         except queue.Empty:
             pass
         admitted, room = [], self.max_batch - len(self.live)
+        if self.drain_by is not None:
+            for job in self.waiting:
+                job.emit(ApiError(503, "the server is shutting down", code="server_shutting_down", type="server_error"))
+            self.waiting = []
+            return admitted
         for job in list(self.waiting):
             if job.cancelled:
                 self.waiting.remove(job)
@@ -97,6 +118,7 @@ class Scheduler:
                 self.waiting.remove(job)
                 admitted.append(job)
                 room -= len(job.rows)
+                self.metrics.admitted(time.monotonic() - job.submitted)
         return admitted
 
     @torch.no_grad()
@@ -109,7 +131,7 @@ class Scheduler:
             cfgs = [cfg for job in new_jobs for _, cfg in job.rows]
             new_live = [(job, i, RowText(self.tokenizer, cfg, eos)) for job in new_jobs
                         for i, (_, cfg) in enumerate(job.rows)]
-            newcomers = DecodeSession(self.model, prompts, cfgs, pad_id=eos or 0)
+            newcomers = DecodeSession(self.model, prompts, cfgs, pad_id=eos or 0, tokenizer=self.tokenizer)
             self._dispatch(newcomers.step(), new_live)
         if self.session is not None:
             self._dispatch(self.session.step(), self.live)
@@ -121,6 +143,10 @@ class Scheduler:
                 self.live = self.live + new_live
         self.steps += 1
         self.peak_rows = max(self.peak_rows, len(self.live))
+        if self.live:
+            self.metrics.step(len(self.live))
+        if self.drain_by is not None and time.monotonic() >= self.drain_by:
+            self._end_all()
         keep = [b for b, (job, _, text) in enumerate(self.live) if text.finish_reason is None and not job.cancelled]
         if len(keep) < len(self.live):
             self.live = [self.live[b] for b in keep]
@@ -131,9 +157,23 @@ class Scheduler:
 
     def _dispatch(self, step, live: list[tuple[Job, int, RowText]]) -> None:
         for b, (job, choice, text) in enumerate(live):
-            piece: Piece = text.push(choice, step, b)
-            job.emit(piece)
-            if piece.finish_reason is not None:
-                job.remaining -= 1
-                if job.remaining == 0:
-                    job.emit(None)
+            if not job.first_token:
+                job.first_token = True
+                self.metrics.first_token(time.monotonic() - job.submitted)
+            self._emit(job, text.push(choice, step, b))
+
+    def _emit(self, job: Job, piece: Piece) -> None:
+        job.emit(piece)
+        if piece.finish_reason is not None:
+            self.metrics.finish(piece.finish_reason)
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.emit(None)
+
+    def _end_all(self) -> None:
+        """The drain's grace is over: end every running row now, its held-back text flushed."""
+        for job, choice, text in self.live:
+            if text.finish_reason is None:
+                text.finish_reason = "length"
+                self._emit(job, Piece(choice, text.stops.flush() + text.stream.flush(), -1, finish_reason="length"))
+        self.live, self.session = [], None

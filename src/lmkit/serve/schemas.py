@@ -15,14 +15,13 @@ Field names, defaults and ranges follow the OpenAI API, so any client library wo
 """
 from __future__ import annotations
 
-import json
-import re
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..sampling_config import SAMPLING_DEFAULTS, SamplingConfig
+from .strict import StrictModel, ignored, surrogate_at, unsupported  # noqa: F401  (surrogate_at: re-exported)
 
 # The server's request defaults, in this one place: SamplingConfig's, except where the OpenAI API
 # documents its own (temperature 1, top_p 1, max_tokens 16 for /v1/completions; chat replies run until
@@ -34,81 +33,35 @@ COMPLETION_MAX_TOKENS = 16  # /v1/completions
 MAX_INT = 2**31 - 1  # token counts: a larger max_tokens is a mistake (one within it is capped by the context)
 MAX_STOPS = 4  # as OpenAI
 _D = SERVER_DEFAULTS  # a short name for the fields below
-_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads pairs valid surrogates, so any left is a lone one
-
-
-def surrogate_at(value: Any) -> tuple[str, str] | None:
-    """(path inside `value`, the surrogate) for the first string (or dict key) in a JSON value that holds
-    a lone UTF-16 surrogate, or None. Iterative, so any nesting depth json.loads accepts is fine."""
-    stack = [("", value)]
-    while stack:
-        at, v = stack.pop()
-        if isinstance(v, str):
-            if m := _SURROGATE.search(v):
-                return at, m.group()
-        elif isinstance(v, dict):
-            for k, x in reversed(v.items()):
-                stack += [(f"{at}.{k}", x), (f"{at}.{k}", k)]  # the key, then its value
-        elif isinstance(v, (list, tuple)):
-            stack += [(f"{at}[{i}]", x) for i, x in reversed(list(enumerate(v)))]
-    return None
-
-
-def _lone_surrogate(at: str, char: str, what: str = "") -> PydanticCustomError:
-    return PydanticCustomError("lone_surrogate", what + "holds a lone UTF-16 surrogate (U+{code}), which is not text",
-                               {"at": at.encode("utf-8", "backslashreplace").decode(),  # the error must be text
-                                "code": f"{ord(char):04X}"})
-
-
-def unsupported(why: str, *off: Any) -> Any:
-    """The default of an OpenAI field this server does not implement: null, omitted or one of `off` (the
-    values that ask for nothing) is accepted; anything else is a 400 naming the field (StrictModel checks)."""
-    allowed = " or ".join(["null"] + [json.dumps(o) for o in off])
-    return Field(None, description=f"not supported ({why}): only {allowed}",
-                 json_schema_extra={"x-unsupported": {"why": why, "allowed": allowed, "off": list(off)}})
-
-
-def ignored(why: str) -> Any:
-    """The default of an OpenAI field that by its documented semantics never changes the output: its type
-    is checked, its value ignored."""
-    return Field(None, description=f"accepted and ignored: {why}")
-
-
-def _check_unsupported(value, rule: dict):
-    if value is None or any(type(value) is type(o) and value == o for o in rule["off"]):
-        return None
-    raise PydanticCustomError("unsupported_parameter", "not supported by this server ({why}); send {allowed} "
-                              "or leave it out", {"why": rule["why"], "allowed": rule["allowed"]})
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_default(cls, data):
-        if isinstance(data, dict):
-            for key in data:  # the values are checked field by field, below
-                if isinstance(key, str) and (m := _SURROGATE.search(key)):
-                    raise _lone_surrogate(f".{key}", m.group(), "field name ")
-            fields = cls.model_fields
-            return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
-        return data
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _check_field(cls, value, info):
-        if (found := surrogate_at(value)) is not None:
-            raise _lone_surrogate(*found)
-        extra = cls.model_fields[info.field_name].json_schema_extra
-        if isinstance(extra, dict) and "x-unsupported" in extra:
-            return _check_unsupported(value, extra["x-unsupported"])
-        return value
-
-
 class StreamOptions(StrictModel):
     include_usage: bool = False
     include_obfuscation: Any = unsupported("no stream obfuscation", False)
+
+
+class JsonSchemaFormat(StrictModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: Optional[str] = None  # for the model's reading in OpenAI's API; the grammar enforces the schema
+    schema_: dict = Field(None, alias="schema")  # null: any JSON object
+    strict: Optional[bool] = None  # the schema is always enforced while decoding (grammar.py)
+
+
+class ResponseFormat(StrictModel):
+    """`{"type": "json_object"}` (any JSON object) or `{"type": "json_schema", "json_schema": {...}}`,
+    enforced while decoding by a token mask (grammar.py); "text" asks for nothing."""
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat = None
+
+    @model_validator(mode="after")
+    def _schema_for_json_schema(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise PydanticCustomError("json_schema", "json_schema is given exactly when type is \"json_schema\"")
+        return self
+
+    def spec(self):
+        """SamplingConfig's json_schema: None (text), True (any object) or the schema."""
+        if self.type == "text":
+            return None
+        return True if self.type == "json_object" or self.json_schema.schema_ is None else self.json_schema.schema_
 
 
 class SamplingFields(StrictModel):
@@ -125,7 +78,8 @@ class SamplingFields(StrictModel):
     min_p: float = Field(_D["min_p"], ge=0, le=1)
     repetition_penalty: float = Field(_D["repetition_penalty"], gt=0, le=1e6)  # past 1e6: logits / inf
     stream_options: StreamOptions = None
-    logit_bias: Any = unsupported("the sampler has no per-token bias", {})
+    response_format: ResponseFormat = None
+    logit_bias: dict[str, float] = Field(None, description="token id (as a string) -> bias in [-100, 100]")
     # documented as an end-user id for OpenAI's abuse monitoring (`safety_identifier` replaces it); no output effect
     user: Optional[str] = ignored("an end-user id for abuse monitoring")
     safety_identifier: Optional[str] = ignored("an end-user id for abuse monitoring")
@@ -141,13 +95,30 @@ class SamplingFields(StrictModel):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return tuple(s for s in stop if s)
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias):
+        for k, v in bias.items():
+            if not k.isdigit() or not k.isascii():
+                raise PydanticCustomError("logit_bias", "keys are token ids (got {k!r})", {"k": k})
+            if not -100 <= v <= 100:
+                raise PydanticCustomError("logit_bias", "values are in [-100, 100] (got {v} for token {k})",
+                                          {"k": k, "v": v})
+        return {int(k): v for k, v in bias.items()}
+
+    def tool_spec(self):
+        """SamplingConfig's tools: (choice, [(name, parameters), …]), or None when no call is possible."""
+        return None
+
     def sampling(self, max_new_tokens: int, stop: tuple[str, ...], logprobs: int | None) -> SamplingConfig:
         """The engine's config for this request (validated by the caller); null means the default."""
         rep = _D["repetition_penalty"] if self.repetition_penalty is None else self.repetition_penalty
+        json_schema = self.response_format.spec() if self.response_format is not None else None
         return SamplingConfig(max_new_tokens=max_new_tokens, temperature=self.temperature, top_k=self.top_k or None,
                               top_p=self.top_p, min_p=self.min_p, repetition_penalty=rep, seed=self.seed,
                               frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
-                              stop=stop, logprobs=logprobs)
+                              stop=stop, logprobs=logprobs, json_schema=json_schema, logit_bias=self.logit_bias or None,
+                              tools=self.tool_spec())
 
 
 class CompletionRequest(SamplingFields):
@@ -172,17 +143,74 @@ class TextPart(StrictModel):
     prompt_cache_breakpoint: Optional[dict] = ignored("a prompt-cache hint")
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # as OpenAI
+
+
+class FunctionCall(StrictModel):
+    name: str = Field(..., pattern=FUNCTION_NAME)
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(StrictModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(StrictModel):
-    role: Literal["system", "user", "assistant", "developer"]  # tool and function messages: no tool calling
-    content: Union[str, list[TextPart]]
+    role: Literal["system", "user", "assistant", "developer", "tool"]  # "function": the deprecated API, not here
+    content: Union[str, list[TextPart]] = None  # null only for an assistant's message that calls tools
+    tool_calls: list[ToolCall] = None  # an assistant's earlier calls
+    tool_call_id: str = None  # a tool's result: the call it answers
     name: Any = unsupported("the chat template has no participant names")
-    tool_calls: Any = unsupported("no tool calling", [])
-    function_call: Any = unsupported("no function calling")
+    function_call: Any = unsupported("no function calling (the deprecated API; use tools)")
     refusal: Any = unsupported("no refusals")
     audio: Any = unsupported("no audio")
 
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise PydanticCustomError("content", "content is required (it may be null only for an assistant's "
+                                                 "message with tool_calls)")
+        if self.tool_calls and self.role != "assistant":
+            raise PydanticCustomError("tool_calls", "only an assistant's message has tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise PydanticCustomError("tool_call_id", "a message of role \"tool\" has a tool_call_id, and only it")
+        return self
+
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def for_template(self) -> dict:
+        out = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class FunctionDef(StrictModel):
+    name: str = Field(..., pattern=FUNCTION_NAME)
+    description: Optional[str] = None
+    parameters: dict = None  # a JSON Schema; null: no arguments ({})
+    strict: Optional[bool] = None  # the arguments always follow the schema (grammar.py)
+
+
+class Tool(StrictModel):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(StrictModel):
+    name: str
+
+
+class NamedToolChoice(StrictModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatRequest(SamplingFields):
@@ -191,12 +219,14 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: int = Field(_D["max_new_tokens"], ge=0, le=MAX_INT)
     logprobs: bool = False
     top_logprobs: int = Field(None, ge=0, le=20)
-    tools: Any = unsupported("no tool calling", [])
-    tool_choice: Any = unsupported("no tool calling", "none", "auto")
-    parallel_tool_calls: Any = unsupported("no tool calling", True, False)
+    # lmkit extension: true = drop the oldest turns (never system/developer messages) that do not fit the context,
+    # reported in the X-Lmkit-Dropped-Messages header; false (OpenAI's behaviour) = a 400 context_length_exceeded
+    truncate_history: bool = False
+    tools: list[Tool] = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice] = None  # default: auto with tools
+    parallel_tool_calls: bool = None  # "auto" may make several calls; "required" and a named function make one
     functions: Any = unsupported("no function calling", [])
     function_call: Any = unsupported("no function calling", "none", "auto")
-    response_format: Any = unsupported("no structured output", {"type": "text"})
     modalities: Any = unsupported("text only", ["text"])
     audio: Any = unsupported("no audio")
     prediction: Any = unsupported("no predicted outputs")
@@ -211,6 +241,33 @@ class ChatRequest(SamplingFields):
     prompt_cache_key: Optional[str] = ignored("a prompt-cache hint")
     prompt_cache_retention: Optional[Literal["in_memory", "24h"]] = ignored("a prompt-cache hint")
     prompt_cache_options: Optional[dict] = ignored("a prompt-cache hint")
+
+    def tool_problem(self) -> tuple[str, str] | None:
+        """(field, what is wrong) when tools, tool_choice and response_format do not fit together."""
+        names = [t.function.name for t in self.tools or []]
+        choice = self.tool_choice
+        if len(set(names)) < len(names):
+            return "tools", "tools: two tools have the same name"
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            return "tool_choice", (f"tool_choice: names the function {choice.function.name!r}, "
+                                   "which is not one of the tools")
+        if choice == "required" and not names:
+            return "tool_choice", 'tool_choice: "required" needs tools'
+        if self.response_format is not None and self.response_format.type != "text" and self.tool_spec() is not None:
+            return "response_format", ('response_format: JSON output and tool calls are not combined; send '
+                                       'tool_choice "none" or no response_format')
+        return None
+
+    def choice(self) -> str:
+        """"none", "auto", "required" or the named function."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or ("auto" if self.tools else "none")
+
+    def tool_spec(self):
+        if not self.tools or self.choice() == "none":
+            return None
+        return self.choice(), [(t.function.name, t.function.parameters or {}) for t in self.tools]
 
 
 class EmbeddingRequest(StrictModel):

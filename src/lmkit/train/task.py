@@ -8,7 +8,8 @@ import torch
 
 from ..config import Config
 from ..data.batches import make_batches
-from ..data.shards import build_tokenizer, is_prepared, load_meta, open_split, prepare
+from ..data.plan import matches, prepare_config
+from ..data.shards import is_prepared, load_meta, open_split
 from ..tokenizer import Tokenizer
 from .checkpoint import fault
 from .device import autocast_ctx
@@ -18,17 +19,12 @@ EVAL_SEED = 1234  # every evaluation draws the same windows, so that evaluations
 
 def prepare_data(cfg: Config, out_dir: Path, progress: bool = True) -> Path:
     """The prepared-data folder for this run: cfg.data.data itself, or <out_dir>/data made from raw text."""
-    if is_prepared(cfg.data.data):
+    if not cfg.data.sources and is_prepared(cfg.data.data):
         return Path(cfg.data.data)
     data_dir = out_dir / "data"
-    if is_prepared(data_dir):
-        meta = load_meta(data_dir)
-        if meta.get("source") == cfg.data.data and meta.get("normalize_newlines", True) == cfg.data.normalize_newlines:
-            return data_dir
-    d = cfg.data
-    tok = build_tokenizer(d.tokenizer, d.data, d.text_field, d.errors, d.vocab_size, progress, d.normalize_newlines)
-    meta = prepare(d.data, data_dir, tok, d.val_fraction, d.text_field, d.errors, overwrite=True, progress=progress,
-                   normalize_newlines=d.normalize_newlines)
+    if is_prepared(data_dir) and matches(load_meta(data_dir), cfg.data):
+        return data_dir
+    meta = prepare_config(cfg.data, data_dir, progress)  # sources, cleaning, streaming: data/plan.py
     if progress:
         print(f"prepared {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
               f"(vocab {meta['vocab_size']}) in {data_dir}", flush=True)

@@ -29,12 +29,15 @@ from ..errors import LmkitError
 from ..models import build_model
 from ..runs.train_dir import load_init, open_train_dir, remove_failed
 from ..viz import plot_loss  # matplotlib itself is imported when the first plot is drawn
-from . import checkpoint as ckpt, distributed
+from . import checkpoint as ckpt, distributed, resources
 from .checkpoint import fault, hold_interrupt
-from .device import DTYPES, autocast_ctx, pick_device, resolve_dtype
-from .log import RunLog, keep_records_before
+from .device import DTYPES, autocast_ctx, choose_threads, pick_device, resolve_dtype
+from .log import Phases, RunLog, keep_logs_before, remove_run_files
 from .optim import lr_at, make_optimizer  # lr_at is looked up here at every step (tests replace it)
+from .samples import generate_samples, task_texts
+from .summary import RunRecord
 from .task import ShardTask, Task, prepare_data
+from .trackers import Trackers, check as check_trackers
 
 __all__ = ["Trainer", "TrainResult", "Task", "ShardTask", "train", "prepare_data", "pick_device", "resolve_dtype",
            "autocast_ctx", "DTYPES"]
@@ -54,14 +57,17 @@ class TrainResult:
 
 
 class Trainer:
+    resume_hint = "--resume"  # how the command that started the run continues it (said after Ctrl-C)
+
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False, progress: bool = True,
                  init_model: torch.nn.Module | None = None, after_step=None, task: Task | None = None):
         """`init_model`: start from these weights (fine-tuning) instead of a fresh model (or train.init_from);
         `after_step(model)`: called after every optimizer step (e.g. to keep pruned weights at zero);
         `task`: what to learn from (default: the token shards of cfg.data, see ShardTask)."""
         t = cfg.train
-        self.cfg, self.after_step = cfg, after_step
+        self.cfg, self.after_step, self.phases = cfg, after_step, Phases()
         self.dist, self.device = distributed.setup(t, pick_device(t.device))
+        self.loggers = check_trackers(t.logger, t.logger == ["tensorboard"]) if self.dist.is_main else []
         if task is not None and self.dist.enabled:
             raise LmkitError("fine-tuning tasks run in one process; start them without torchrun / --nproc")
         self.progress = progress and self.dist.is_main
@@ -76,11 +82,16 @@ class Trainer:
     def _start(self, init_model: torch.nn.Module | None, task: Task | None) -> None:
         """Data, model and optimizer; a resumed run's checkpoint, a new run's first files."""
         cfg, t, resume = self.cfg, self.cfg.train, self.run_dir.resume
-        if t.num_threads:
+        if self.device.type == "cpu" and not self.dist.enabled:  # num_threads, or the fastest count right now
+            choice = choose_threads(t.num_threads)
+            if self.progress and not choice.told:
+                print(choice.tell(), flush=True)
+        elif t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.dtype = resolve_dtype(t.dtype, self.device)
         torch.manual_seed(t.seed)
-        self._take_task(task)
+        with self.phases("data"):
+            self._take_task(task)
         if init_model is None and t.init_from and not resume:  # e.g. a deeper model made by `lmkit grow`
             init_model = load_init(t.init_from, cfg.model, self.tokenizer)
         self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
@@ -89,8 +100,10 @@ class Trainer:
         if resume:
             ckpt.restore(self)
         if self.dist.is_main:  # the records after the checkpoint go: the run redoes them
-            keep_records_before(self.out_dir / "metrics.jsonl", self.step,
-                                self.step % t.eval_interval == 0 or self.step >= t.max_iters)
+            self.kept = keep_logs_before(self.out_dir, self.step, self.step % t.eval_interval == 0 or
+                                         self.step >= t.max_iters)
+            if not resume:  # a new start: no event files, samples or report of an earlier run
+                remove_run_files(self.out_dir)
         self.forward = torch.compile(self.wrapped) if t.compile else self.wrapped
 
     def _take_task(self, task: Task | None) -> None:
@@ -123,6 +136,7 @@ class Trainer:
             if self.dist.is_main:
                 distributed.record_mode(self.out_dir, self.dist.mode)
             self.dist.barrier()
+        resources.set_checkpointing(self.model, t.activation_checkpointing)
         self.wrapped = distributed.wrap(self.model, self.dist, t, self.device)
         if self.dist.rank:
             torch.manual_seed(t.seed + self.dist.rank)  # other dropout masks on other ranks
@@ -148,7 +162,8 @@ class Trainer:
                     break
                 if t.checkpoint_interval and self.step and self.step % t.checkpoint_interval == 0:
                     self.checkpoint()
-                loss, lr = self.train_step()
+                with self.phases("train"):
+                    loss, lr = self.train_step()
                 self.log.bar.update(1)
                 if self.step % t.log_interval == 0 or self.step == t.max_iters:
                     self.log_training(loss, lr)
@@ -172,6 +187,7 @@ class Trainer:
             self.log.close()
             if failed:
                 self._remove_if_failed()
+        self.record.finish()  # summary.json, report.html, the measured peak memory beside the estimate
         wall = self.log.wall()
         distributed.teardown(self.dist)
         return TrainResult(self.out_dir, self.step, self.last["val"], self.last["train"], self.log.tokens_per_s(),
@@ -186,11 +202,14 @@ class Trainer:
                   f"{t.gradient_accumulation_steps} (accumulation) × {self.dist.world_size} (ranks) = "
                   f"{self.global_batch} sequences = {self.global_batch * self.cfg.model.block_size:,} tokens per step",
                   flush=True)
+        trackers = Trackers(self.out_dir, self.loggers, self.cfg.to_dict(), self.step, self.run_dir.resume,
+                            self.kept) if self.loggers else None  # TensorBoard & co. (main process only)
         self.log = RunLog(self.out_dir / "metrics.jsonl", t.max_iters, self.step, self.progress, self.dist.is_main,
-                          self.tokens_seen)
+                          self.tokens_seen, trackers)
+        self.record = RunRecord(self, self.log.note)  # FLOPs, MFU, memory, summary.json
         self.last = {"val": math.nan, "train": math.nan}  # the last evaluation
         self.out_of_time = False
-        self._step_start = None  # sampler and RNG state at the start of the step under way
+        self._step_start, self.grad_norm = None, math.nan  # sampler and RNG state at the start of the step under way
         self.model.train()
 
     def train_step(self) -> tuple[torch.Tensor, float]:
@@ -211,8 +230,8 @@ class Trainer:
                     _, loss = self.forward(*batch)
                 (loss / t.gradient_accumulation_steps).backward()
             fault("step")
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if t.grad_clip or (self.step + 1) % t.log_interval == 0 or self.step + 1 == t.max_iters:  # clip / log the norm
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or math.inf)
         with hold_interrupt():  # weights, optimizer state and counters move together, or not at all
             self.optimizer.step()
             fault("optimizer")
@@ -237,7 +256,8 @@ class Trainer:
         """Evaluate and log it; checkpoint (keep-the-best tasks: only when task.metric improved; else at every
         evaluation, or only at the `final` one when checkpoint_interval sets the rhythm); redraw loss.png."""
         t = self.cfg.train
-        self.last = {"train": math.nan, **self.evaluate()}
+        with self.phases("evaluate"):
+            self.last = {"train": math.nan, **self.evaluate()}
         self.best_val = min(self.best_val, self.last["val"])
         extra = {k: v for k, v in self.last.items() if k not in ("train", "val")}
         self.log.write({"step": self.step, "train_loss": self.last["train"], "val_loss": self.last["val"], **extra,
@@ -250,6 +270,9 @@ class Trainer:
             self.checkpoint()
         if self.dist.is_main:
             plot_loss(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
+            with self.phases("samples"):  # samples.jsonl and the trackers' text: generated texts, a task's tables
+                self.log.samples(self.step, generate_samples(self), task_texts(self.task, self.last))
+            self.record.save()
         self.log.restart_lap(self.tokens_seen)  # tokens/s counts training time only
 
     def _improved(self, result: dict) -> bool:
@@ -267,7 +290,8 @@ class Trainer:
         self.log.loss = self.dist.mean(loss)
         elapsed, tps = self.log.lap(self.tokens_seen)
         self.log.write({"step": self.step, "loss": self.log.loss, "lr": lr, "tokens": self.tokens_seen,
-                        "tok_per_s": round(tps, 1), "time": round(elapsed, 3)})
+                        "tok_per_s": round(tps, 1), "time": round(elapsed, 3),
+                        "grad_norm": resources.as_float(self.grad_norm), **self.record.extra(tps)})
         self.log.show(self.last["val"], tps)
         if t.max_minutes:  # decided together, so that every rank stops at the same step
             spent = torch.tensor(float(elapsed > 60 * t.max_minutes), device=self.device)
@@ -282,17 +306,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.checkpoint(*(self._step_start or (None, None)))
         print(f"\ninterrupted: checkpoint saved at step {self.step} in {self.out_dir} "
-              f"(continue with --resume)", flush=True)
+              f"(continue with {self.resume_hint})", flush=True)
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self, batches_state=None, rng_state=None) -> None:
         """The task's files, model.safetensors and train_state.pt, switched in by one rename (checkpoint.py);
         under torchrun the sharded model and optimizer go to train_state/ and rank 0 writes the single files."""
-        ckpt.save(self, batches_state, rng_state)
+        with self.phases("checkpoint"):
+            ckpt.save(self, batches_state, rng_state)
 
     def _remove_if_failed(self) -> None:
         """Failed before the first checkpoint: remove the folder this run made (lmkit's files in it)."""
         if self.dist.is_main:
+            if self.run_dir.created and not (self.out_dir / ckpt.STATE).exists():
+                remove_run_files(self.out_dir)  # this run's event files, samples, summary
             remove_failed(self.run_dir)
 
 
