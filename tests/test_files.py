@@ -29,3 +29,19 @@ def test_runs_data_and_exports_are_written_with_the_users_umask(trained_run, tex
             if got != want:
                 wrong.append(f"{path}: {oct(got)} (want {oct(want)})")
     assert not wrong, "\n".join(wrong)
+
+
+def test_overwrite_removes_what_training_and_tracking_wrote_but_not_the_users_files(trained_run, tmp_path):
+    """--overwrite onto a trained run: the old report, samples, TensorBoard events and PEFT folder go with it
+    (a quantized model beside a stale report.html would be a lie); a file of the user's stays."""
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    for name in ("report.html", "samples.jsonl", "summary.json", "events.out.tfevents.1.host", "notes.txt"):
+        (out / name).write_text("old")
+    (out / "peft").mkdir()
+    (out / "peft" / "adapter_config.json").write_text("{}")
+    assert main(["quantize", str(trained_run), "--out", str(out), "--overwrite"]) == 0
+    left = sorted(p.name for p in out.iterdir())
+    assert "notes.txt" in left and "model.safetensors" in left and "quantization.json" in left
+    assert not {"report.html", "samples.jsonl", "summary.json", "events.out.tfevents.1.host", "peft"} & set(left)
