@@ -43,6 +43,15 @@ def tok():
     return Tokenizer.train([TEXT], kind="bpe", vocab_size=300)
 
 
+def jitter_vectors(model):
+    """Norm gains and biases moved off their initial ones and zeros (in place), so a mis-mapped one shows."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
 def make(family: str, path, tok):
     """The family's tiny model, saved with the tokenizer as a Hugging Face folder; non-trivial norm gains and
     biases, so a mis-mapped one shows."""
@@ -50,11 +59,7 @@ def make(family: str, path, tok):
     torch.manual_seed(0)
     cfg = getattr(transformers, cls)(**{**SMALL, **settings}, vocab_size=tok.vocab_size + 20,
                                      bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
+    model = jitter_vectors(transformers.AutoModelForCausalLM.from_config(cfg).eval())
     model.save_pretrained(path)
     tok.save(path / "tokenizer.json")
     return model

@@ -20,6 +20,7 @@ from lmkit.cli import main  # noqa: E402
 from lmkit.finetune.sft import SFTConfig, finetune_sft  # noqa: E402
 from lmkit.tokenizer import Tokenizer  # noqa: E402
 from test_chat_jinja import FAMILIES as TEMPLATES, hf_folder  # noqa: E402
+from test_hf_families import jitter_vectors  # noqa: E402
 
 SMALL = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=64, initializer_range=0.1)
@@ -38,11 +39,7 @@ def make(path, family: str):
         cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4)
     else:
         cfg = getattr(transformers, cls)(**SMALL, **settings, vocab_size=tok.vocab_size)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
+    model = jitter_vectors(transformers.AutoModelForCausalLM.from_config(cfg).eval())
     model.save_pretrained(folder)
     return folder, tok
 

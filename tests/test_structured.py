@@ -278,3 +278,17 @@ def test_a_constrained_session_merges_into_a_free_one_and_keeps_its_matcher(bpe_
     assert _valid(text) and text == alone
     a_free = tok.decode(rows[0])
     assert not _valid(a_free)
+
+
+def test_a_session_whose_constrained_rows_left_merges_with_a_free_one(bpe_lm):
+    from lmkit.engine import DecodeSession
+    from lmkit.sampling import sampling_config
+    tok, model = bpe_lm.tokenizer, bpe_lm.model
+    free, constrained = sampling_config(max_new_tokens=8, seed=1), sampling_config(max_new_tokens=8, json_schema=SCHEMA)
+    a = DecodeSession(model, [bpe_lm.encode_prompt("the")] * 2, [constrained, free], pad_id=tok.eot_id, tokenizer=tok)
+    a.step()
+    a.keep([1])  # the constrained row is gone: a's masks hold only None
+    b = DecodeSession(model, [bpe_lm.encode_prompt("the")], free, pad_id=tok.eot_id, tokenizer=tok)
+    b.step()
+    a.merge(b, pad_id=tok.eot_id)
+    assert a.masks.rows == [None, None] and a.step().tokens.shape == (2,)

@@ -93,7 +93,7 @@ class DataConfig:
     errors: Literal["strict", "replace"] = "strict"  # what to do with bytes that are not UTF-8
     # drop a text file's leading byte-order mark and read CRLF / lone CR line ends as LF (false: keep them)
     normalize_newlines: bool = True
-    # issue 20: hub datasets, mixtures, cleaning (data/hub.py, data/mixture.py, data/clean.py)
+    # hub datasets, mixtures, cleaning (data/hub.py, data/mixture.py, data/clean.py)
     # several sources mixed by weight, [[data.sources]] tables: path, weight (> 0), optional text_field and
     # max_tokens; when given they replace `data`, and training draws windows in proportion to the weights
     sources: list[dict] = field(default_factory=list)

@@ -62,14 +62,14 @@ def check(m, d, t) -> None:
          "optimizer = 'muon' needs whole matrices; it does not run with parallel = 'fsdp'")
     need(t.dist_timeout > 0, f"dist_timeout must be positive (got {t.dist_timeout})")
     need(t.max_minutes >= 0, f"max_minutes must be >= 0 (got {t.max_minutes})")
-    # issue 21: trackers, samples, MFU, activation checkpointing
+    # trackers, samples, MFU, activation checkpointing
     for name in t.logger:
         need(name in LOGGERS, f"logger '{name}' is not one of {', '.join(LOGGERS)} (or none)")
     need(t.eval_samples >= 0, f"eval_samples must be >= 0 (got {t.eval_samples})")
     need(t.peak_tflops >= 0, f"peak_tflops must be >= 0 (got {t.peak_tflops})")
     need(not t.activation_checkpointing or m.type in ("gpt", "bert"),
          f"activation_checkpointing is for type = 'gpt' or 'bert' blocks (got '{m.type}')")
-    # issue 20: mixtures and cleaning
+    # mixtures and cleaning
     for i, src in enumerate(d.sources):
         name = f"data.sources[{i}] ({src.get('path', 'no path')})"
         need(isinstance(src.get("path"), str) and src["path"] != "", f"{name} needs path = \"…\"")

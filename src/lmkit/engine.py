@@ -142,8 +142,9 @@ class DecodeSession:
         return out
 
     def _draw(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.masks:  # on a copy: the log-probabilities a step reports stay the model's
-            logits = logits.clone()
+        if self.masks:  # in place; on a copy when a step reports log-probabilities, which stay the model's
+            if self.want_logprobs is not None:
+                logits = logits.clone()
             self.masks.apply(logits)
         simple = self.counts is None and self.seen is None and not any(c.logit_bias for c in self.cfgs)
         if simple and all(c.temperature < GREEDY_BELOW for c in self.cfgs):
@@ -218,9 +219,9 @@ class DecodeSession:
                 zeros = lambda d: torch.zeros(d.batch_size, self.model.config.vocab_size, dtype=dtype, device=self.device)
                 setattr(self, name, torch.cat([x if x is not None else zeros(a), y if y is not None else zeros(b)]))
         if a.masks is not None or b.masks is not None:
-            eos = (a.masks or b.masks).eos_id
-            self.masks = RowMasks((a.masks or RowMasks([None] * len(a.cfgs), eos)).rows  # cfgs: not merged yet
-                                  + (b.masks or RowMasks([None] * len(b.cfgs), eos)).rows, eos)
+            eos = (a.masks if a.masks is not None else b.masks).eos_id  # not `or`: RowMasks of only None is falsy
+            rows = lambda d: d.masks.rows if d.masks is not None else [None] * len(d.cfgs)  # cfgs: not merged yet
+            self.masks = RowMasks(rows(a) + rows(b), eos)
         self.cfgs, self.generators = a.cfgs + b.cfgs, a.generators + b.generators
         wants = [w for w in (a.want_logprobs, b.want_logprobs) if w is not None]
         self.want_logprobs = max(wants) if wants else None

@@ -138,6 +138,11 @@ def check_json_spec(spec) -> object:
     return spec
 
 
+def _message(e: Exception) -> str:
+    """xgrammar's error, without its C++ log prefix: its first line, or the exception's type."""
+    return _NOISE.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def json_grammar(tokenizer, vocab_size: int, spec):
     """The compiled grammar for `spec` (check_json_spec), cached per tokenizer; LmkitError if it cannot be."""
     spec = check_json_spec(spec)
@@ -155,8 +160,7 @@ def json_grammar(tokenizer, vocab_size: int, spec):
         return compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=seps,
                                             strict_mode=spec is not True)
     except (RuntimeError, ValueError, TypeError) as e:
-        message = _NOISE.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LmkitError(f"json_schema: the grammar library cannot compile this schema: {message}") from None
+        raise LmkitError(f"json_schema: the grammar library cannot compile this schema: {_message(e)}") from None
 
 
 def tool_grammar(tokenizer, vocab_size: int, tools, choice: str = "auto"):
@@ -182,8 +186,8 @@ def tool_grammar(tokenizer, vocab_size: int, tools, choice: str = "auto"):
     try:
         return compiler.compile_structural_tag({"type": "structural_tag", "format": fmt})
     except (RuntimeError, ValueError, TypeError) as e:
-        message = _NOISE.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LmkitError(f"tools: the grammar library cannot compile the functions' parameters: {message}") from None
+        raise LmkitError(f"tools: the grammar library cannot compile the functions' parameters: "
+                         f"{_message(e)}") from None
 
 
 def grammar_for(tokenizer, vocab_size: int, cfg):
@@ -242,6 +246,3 @@ class RowMasks:
 
     def keep(self, rows) -> None:
         self.rows = [self.rows[i] for i in rows]
-
-    def extend(self, other: "RowMasks") -> None:
-        self.rows += other.rows

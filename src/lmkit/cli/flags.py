@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
+from ..errors import LmkitError
 from ..sampling_config import MAX_SEED
 
 CORPUS = "file, folder, glob, .jsonl, or built-in corpus (shakespeare, python-stdlib)"
@@ -149,8 +151,6 @@ def out(p, help: str, legacy: str | None = None, required: bool = True, **kw) ->
 def settle(args) -> None:
     """After parsing: an old positional output moves to --out (a note), a required --out is there; the notes of
     every old spelling used are printed once, to stderr."""
-    import sys
-    from ..errors import LmkitError
     legacy, required = vars(getattr(args, "parser", None) or argparse.Namespace()).get("out_rule", (None, False))
     notes = list(dict.fromkeys(vars(args).pop("deprecated", [])))
     given = getattr(args, legacy, None) if legacy else None

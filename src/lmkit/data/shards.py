@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LmkitError
 from ..io import atomic_dir, atomic_write_text, check_target
-from ..tokenizer import Tokenizer
+from ..tokenizer import KINDS, Tokenizer
 from .clean import Cleaner
 from .encode import Written, write_source
 from .hub import is_hub
@@ -37,7 +37,7 @@ from .mixture import Source, ranges
 from .sources import iter_documents, total_bytes
 
 MIN_DOCS_FOR_DOC_SPLIT = 10
-TRAINED_HERE = ("bpe", "bpe-chars", "wordpiece", "char")  # tokenizer specs that build_tokenizer trains on the corpus
+TRAINED_HERE = KINDS  # tokenizer specs that build_tokenizer trains on the corpus (every type Tokenizer.train knows)
 STREAM_TRAIN_CHARS = 1 << 28  # a streamed corpus trains its tokenizer on its first 256 M characters
 
 
@@ -56,8 +56,8 @@ def _specs(data) -> list[Source]:
 def build_tokenizer(spec: str, data, text_field: str = "text", errors: str = "strict",
                     vocab_size: int = 4096, progress: bool = True, normalize_newlines: bool = True,
                     cleaner: Cleaner | None = None, streaming: bool = False) -> Tokenizer:
-    """The tokenizer for a corpus: spec 'bpe', 'wordpiece' or 'char' trains one on `data` (a source spec or a
-    list of mixture Sources; their text normalised as `cleaner` says), saying so first when `progress`, with the
+    """The tokenizer for a corpus: spec 'bpe', 'bpe-chars', 'wordpiece' or 'char' trains one on `data` (a source
+    spec or a list of mixture Sources; their text normalised as `cleaner` says), saying so first when `progress`, with the
     trainer's bar on a terminal, and saying when the corpus gives fewer tokens than vocab_size; any other spec is
     a tokenizer.json / vocab.txt path to load. vocab_size is checked (within what the type needs and
     tokenizer.MAX_VOCAB) before the corpus is read. A streamed source trains on its first STREAM_TRAIN_CHARS."""

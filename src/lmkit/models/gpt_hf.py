@@ -189,3 +189,8 @@ def misfits(m: ModelConfig, fmt: str) -> list[str]:
     checks += [("sliding_window", m.sliding_window, m.sliding_window is None or fmt == "mistral"),
                ("logit_softcap", m.logit_softcap, not m.logit_softcap)]
     return [f"{k} = {v}" for k, v, ok in checks if not ok]
+
+
+def fitting_format(m: ModelConfig) -> str | None:
+    """The first format of FORMATS that holds `m` (export-hf's auto), or None."""
+    return next((f for f in FORMATS if not misfits(m, f)), None)

@@ -42,7 +42,7 @@ def export_format(cfg: Config, fmt: str = "auto") -> str:
     if m.type != "gpt":
         raise LmkitError(f"export-hf: model type '{m.type}' has no Hugging Face format here (gpt and bert do)")
     if fmt == "auto":
-        fmt = next((f for f in gpt_hf.FORMATS if not gpt_hf.misfits(m, f)), "")
+        fmt = gpt_hf.fitting_format(m) or ""
         if not fmt:
             raise LmkitError(f"export-hf: no Hugging Face format holds this model: GPT-2 cannot hold "
                              f"{', '.join(gpt_hf.misfits(m, 'gpt2'))}; Llama-style cannot hold "
@@ -50,7 +50,7 @@ def export_format(cfg: Config, fmt: str = "auto") -> str:
     if fmt not in gpt_hf.FORMATS:
         raise LmkitError(f"export-hf: unknown format '{fmt}' ({', '.join(gpt_hf.FORMATS)}, auto)")
     if misfits := gpt_hf.misfits(m, fmt):
-        if fits := next((f for f in gpt_hf.FORMATS if not gpt_hf.misfits(m, f)), None):
+        if fits := gpt_hf.fitting_format(m):
             raise LmkitError(f"export-hf: the {fmt} format cannot hold {', '.join(misfits)}; "
                              f"this model exports as {fits} (--format {fits} or auto)")
         other = "Llama-style (pos = rope, norm = rmsnorm, mlp = swiglu)" if fmt == "gpt2" else \

@@ -55,9 +55,7 @@ PLAIN_INITS = (True, False, "gaussian", "eva")
 WHY = {"lora_embedding_": "LoRA on an embedding", "lora_magnitude_vector": "DoRA", ".bias": "a trained bias"}
 
 
-def hf_format(m: ModelConfig) -> str | None:
-    """The Hugging Face format that holds this GPT (gpt2, llama, qwen2, ...; as export-hf picks), or None."""
-    return next((f for f in gpt_hf.FORMATS if not gpt_hf.misfits(m, f)), None)
+hf_format = gpt_hf.fitting_format  # the Hugging Face format that holds this GPT, as export-hf picks, or None
 
 
 # ---- PEFT -> lmkit ------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ from .protocol import uvicorn_config
 from .responses import ChoiceBuilder, chunk, completion_body
 from .metrics import Metrics
 from .scheduler import Scheduler
-from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields, StrictModel
+from .schemas import ChatRequest, CompletionRequest, EmbeddingRequest, SamplingFields
+from .strict import StrictModel
 from .terminal import fit_turns
 
 

@@ -21,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ..sampling_config import SAMPLING_DEFAULTS, SamplingConfig
-from .strict import StrictModel, ignored, surrogate_at, unsupported  # noqa: F401  (surrogate_at: re-exported)
+from .strict import StrictModel, ignored, unsupported
 
 # The server's request defaults, in this one place: SamplingConfig's, except where the OpenAI API
 # documents its own (temperature 1, top_p 1, max_tokens 16 for /v1/completions; chat replies run until

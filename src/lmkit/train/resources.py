@@ -24,6 +24,8 @@ import sys
 
 import torch
 
+from ..models.lora import count_parameters
+
 # dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets), matched against torch.cuda.get_device_name
 GPU_PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("B200", 2250.0), ("A100", 312.0),
                    ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0),
@@ -97,7 +99,7 @@ def activation_bytes(cfg, batch_size: int, dtype: torch.dtype, checkpointing: bo
 def memory_estimate(model: torch.nn.Module, cfg, dtype: torch.dtype, shards: int = 1) -> dict:
     """Bytes per rank: parameters, gradients, optimizer state, activations per micro-batch, total."""
     t = cfg.train
-    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    n = count_parameters(model)[1]
     out = {"parameters": 4.0 * n / shards, "gradients": 4.0 * n / shards,
            "optimizer": 4.0 * optimizer_states(model, t.optimizer) / shards,
            "activations": activation_bytes(cfg.model, t.batch_size, dtype, t.activation_checkpointing)}

@@ -52,8 +52,3 @@ def generate_samples(trainer) -> list[dict]:
     finally:
         model.train(was_training)
     return [{"prompt": tok.decode(p), "text": t} for p, t in zip(ids, texts)]
-
-
-def task_texts(task, result: dict) -> dict:
-    """Text a task shows for an evaluation ({tag: text}, e.g. a classifier's confusion matrix): task.texts(result)."""
-    return task.texts(result) if hasattr(task, "texts") else {}

@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 
 from ..io import atomic_write_text
+from ..models.lora import count_parameters
 from ..report import write_report
 from . import resources
 from .log import REPORT, SUMMARY
@@ -29,6 +30,8 @@ class RunRecord:
         """`tr`: the Trainer (its model built, its step the one this fit() starts at); `note`: prints a line."""
         self.tr, self.note, t = tr, note, tr.cfg.train
         self.flops = resources.flops_per_token(tr.model, tr.cfg.model)
+        self.parameters = {"parameters": count_parameters(tr.model)[1],  # fixed for the run: counted once
+                           "counted_parameters": resources.counted_parameters(tr.model)}
         self.peak_flops = resources.peak_flops(t, tr.device, tr.dtype)
         shards = tr.dist.world_size if tr.dist.mode == "fsdp" else 1
         self.estimate = resources.memory_estimate(tr.model, tr.cfg, tr.dtype, shards)
@@ -64,10 +67,8 @@ class RunRecord:
         if not tr.dist.is_main:
             return
         peak, measured = resources.peak_memory(tr.device)
-        n = sum(p.numel() for p in {id(p): p for p in tr.model.parameters()}.values())
         self.session.update(to_step=tr.step, ended=_now())
-        summary = {"model": {"parameters": n, "counted_parameters": resources.counted_parameters(tr.model),
-                             "flops_per_token": self.flops, "peak_flops": self.peak_flops},
+        summary = {"model": {**self.parameters, "flops_per_token": self.flops, "peak_flops": self.peak_flops},
                    "memory": {"estimate": self.estimate, "peak": peak, "measured": measured,
                               "before_run": tr.phases.rss_at_start if tr.device.type == "cpu" else None,
                               "activation_checkpointing": tr.cfg.train.activation_checkpointing},

@@ -42,6 +42,7 @@ class Task:
     metric:         None: save the latest checkpoint at every evaluation. Else a key of evaluate()'s
                     dict: save only when it improves (keep the best), in the direction `higher_is_better`.
     save(trainer, out_dir): extra files written with every checkpoint (default: none).
+    texts(result) -> {tag: text} for the trackers at each evaluation (default: none; e.g. a confusion matrix).
     """
     tokenizer: Tokenizer
     train_batches = None
@@ -53,6 +54,9 @@ class Task:
 
     def save(self, trainer, out_dir: Path) -> None:
         pass
+
+    def texts(self, result: dict) -> dict:
+        return {}
 
 
 class ShardTask(Task):

@@ -74,7 +74,23 @@ def check(names: list[str], default: bool) -> list[str]:
     return out
 
 
-class TensorBoard:
+class Tracker:
+    """One tracker: scalars at a step; text and flush do nothing unless the tracker has them."""
+
+    def scalars(self, step: int, values: dict) -> None:
+        raise NotImplementedError
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        pass  # W&B and trackio show strings poorly; the samples are in samples.jsonl and the report
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoard(Tracker):
     def __init__(self, out: Path, run: dict):
         from torch.utils.tensorboard import SummaryWriter
         files = sorted(out.glob(EVENTS + "*"))  # a new run has none (log.remove_run_files)
@@ -105,7 +121,7 @@ def _seconds(f: Path) -> int:
         return 0
 
 
-class WandB:
+class WandB(Tracker):
     def __init__(self, out: Path, run: dict):
         self.wandb = importlib.import_module("wandb")
         self.run = self.wandb.init(project=run["project"], name=run["name"], dir=str(out), config=run["config"],
@@ -115,17 +131,11 @@ class WandB:
     def scalars(self, step: int, values: dict) -> None:
         self.run.log(values, step=step)
 
-    def text(self, step: int, tag: str, text: str) -> None:
-        pass  # W&B shows strings poorly; the samples are in samples.jsonl and the report
-
-    def flush(self) -> None:
-        pass
-
     def close(self) -> None:
         self.run.finish()
 
 
-class Trackio:
+class Trackio(Tracker):
     def __init__(self, out: Path, run: dict):
         self.trackio = importlib.import_module("trackio")
         self.trackio.init(project=run["project"], name=run["ids"].get("trackio", run["name"]), config=run["config"],
@@ -136,17 +146,11 @@ class Trackio:
     def scalars(self, step: int, values: dict) -> None:
         self.trackio.log(values, step=step) if self.with_step else self.trackio.log({**values, "step": step})
 
-    def text(self, step: int, tag: str, text: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
     def close(self) -> None:
         self.trackio.finish()
 
 
-class MLflow:
+class MLflow(Tracker):
     def __init__(self, out: Path, run: dict):
         self.mlflow = importlib.import_module("mlflow")
         known = run["ids"].get("mlflow")
@@ -160,9 +164,6 @@ class MLflow:
 
     def text(self, step: int, tag: str, text: str) -> None:
         self.mlflow.log_text(text, f"{tag}/step_{step:08d}.txt")
-
-    def flush(self) -> None:
-        pass
 
     def close(self) -> None:
         self.mlflow.end_run()
@@ -203,21 +204,22 @@ class Trackers:
     def scalars(self, record: dict, only: str | None = None) -> None:
         values = scalars(record)
         if values:
-            for name in [n for n in self.open if only in (None, n)]:
-                self._call(name, lambda n=name: self.open[n].scalars(record["step"], values))
+            self._each("scalars", record["step"], values, only=only)
 
     def text(self, step: int, tag: str, text: str) -> None:
-        for name in list(self.open):
-            self._call(name, lambda n=name: self.open[n].text(step, tag, text))
+        self._each("text", step, tag, text)
 
     def flush(self) -> None:
-        for name in list(self.open):
-            self._call(name, lambda n=name: self.open[n].flush())
+        self._each("flush")
 
     def close(self) -> None:
-        for name in list(self.open):
-            self._call(name, lambda n=name: self.open[n].close())
+        self._each("close")
         self.open = {}
+
+    def _each(self, method: str, *args, only: str | None = None) -> None:
+        """Call `method(*args)` on each open tracker (or on `only`), through _call."""
+        for name in [n for n in self.open if only in (None, n)]:
+            self._call(name, lambda n=name: getattr(self.open[n], method)(*args))
 
     def _call(self, name: str, fn, opening: bool = False) -> None:
         """Run one tracker's call; the first failure warns once and drops the tracker."""

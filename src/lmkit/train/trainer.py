@@ -34,7 +34,7 @@ from .checkpoint import fault, hold_interrupt
 from .device import DTYPES, autocast_ctx, choose_threads, pick_device, resolve_dtype
 from .log import Phases, RunLog, keep_logs_before, remove_run_files
 from .optim import lr_at, make_optimizer  # lr_at is looked up here at every step (tests replace it)
-from .samples import generate_samples, task_texts
+from .samples import generate_samples
 from .summary import RunRecord
 from .task import ShardTask, Task, prepare_data
 from .trackers import Trackers, check as check_trackers
@@ -271,7 +271,7 @@ class Trainer:
         if self.dist.is_main:
             plot_loss(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png")
             with self.phases("samples"):  # samples.jsonl and the trackers' text: generated texts, a task's tables
-                self.log.samples(self.step, generate_samples(self), task_texts(self.task, self.last))
+                self.log.samples(self.step, generate_samples(self), self.task.texts(self.last))
             self.record.save()
         self.log.restart_lap(self.tokens_seen)  # tokens/s counts training time only
 
