@@ -108,3 +108,23 @@ def test_minilm_int8_and_pruned_stay_close_to_fp32(tmp_path):
     assert r["weight_sparsity"] == 0.5
     pruned = Encoder(tmp_path / "p")
     assert sparsity_of(pruned.model) == 0.5 and pruned.embed(texts).shape == (4, 384)
+
+
+def test_quantize_linears_close_to_fp32_and_bad_input():
+    import pytest as _pytest
+    import torch as _torch
+    from lmkit.errors import LmkitError as _E
+    from lmkit.models.quant import quantize_linears
+    _torch.manual_seed(0)
+    ref = _torch.nn.Sequential(_torch.nn.Linear(64, 96), _torch.nn.GELU(), _torch.nn.Linear(96, 64))
+    x = _torch.randn(3, 64)
+    y = ref(x).detach()
+    import copy as _copy
+    for bits, g, bound in ((8, None, 0.01), (4, 32, 0.15)):
+        m = quantize_linears(_copy.deepcopy(ref), bits, g)
+        err = (m(x) - y).abs().max().item()
+        assert err < bound, (bits, g, err)
+    with _pytest.raises(_E, match="must be 4 or 8"):
+        quantize_linears(_copy.deepcopy(ref), 3)
+    with _pytest.raises(_E, match="width 96 of layer 2"):
+        quantize_linears(_copy.deepcopy(ref), 4, 64)

@@ -93,3 +93,20 @@ def test_a_truncated_prompt_keeps_its_last_block_size_tokens():
     cfg = SamplingConfig(max_new_tokens=6, truncate=True, **CONFIGS["sampled"])
     assert engine_rows(model, [long], cfg) == [generate_reference(model, long, cfg)]
     assert generate_reference(model, long, cfg) == generate_reference(model, long[-BLOCK:], cfg)
+
+
+def test_logit_bias_follows_rows_through_merge_and_keep():
+    """The session builds its logit_bias tensor once; merge() and keep() must carry it with the rows."""
+    model = tiny("gpt-rope")
+    plain, forced = SamplingConfig(temperature=0), SamplingConfig(temperature=0, logit_bias={7: 100.0})
+    alone = DecodeSession(model, [PROMPTS[2]], plain)
+    want = [int(alone.step().tokens[0]) for _ in range(5)]
+    a, b = DecodeSession(model, [PROMPTS[0]], forced), DecodeSession(model, [PROMPTS[2], PROMPTS[1]], plain)
+    got_a, got_b = [int(a.step().tokens[0])], [int(b.step().tokens[0])]
+    a.merge(b)
+    a.keep([1, 0])  # the plain row first, the biased row second; the third row leaves
+    for _ in range(4):
+        t = a.step().tokens
+        got_b.append(int(t[0]))
+        got_a.append(int(t[1]))
+    assert got_a == [7] * 5 and got_b == want

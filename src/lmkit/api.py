@@ -2,6 +2,7 @@
 `lm.fill_mask("The capital of France is [MASK].")` (BERT)."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -10,8 +11,10 @@ import torch
 from .beam import beam_search
 from .chat import PLAIN, check_messages
 from .errors import LmkitError
+from .engine import DecodeSession
 from .sampling import sampling_config
-from .runs import MODELS, Run, open_run
+from .runs import CAUSAL, MODELS, Run, open_run
+from .speculative import DRAFT_TOKENS, SpeculativeSession, check_draft, unsupported
 from .textstream import stream_pieces
 from .tokenizer import Tokenizer
 
@@ -42,27 +45,53 @@ class LM:
         if self.config.model.type == "bert":
             raise LmkitError(f"{self.path}: a BERT encoder does not generate text; use fill-mask")
 
-    def stream(self, prompt: str = "", **sampling) -> Iterator[str]:
-        """Yield the continuation of `prompt` piece by piece as it is generated (options: SamplingConfig)."""
+    def drafting(self, draft: "LM | str | Path | None", draft_tokens: int = DRAFT_TOKENS, cfg=None):
+        """The decoding session class for generate/stream: DecodeSession, or with `draft` (an LM or a run
+        directory sharing this one's tokenizer) speculative decoding (speculative.py), `draft_tokens` + 1
+        proposals per round. Refused in one line: another tokenizer, a sampling field drafting cannot serve."""
+        if draft is None:
+            return DecodeSession
+        if not isinstance(draft, LM):
+            draft = load(draft, device=str(self.device), families=CAUSAL, purpose="draft")
+        me, other = str(self.path or "the target"), str(draft.path or "the draft")
+        if draft.tokenizer.hf.to_str() != self.tokenizer.hf.to_str():
+            raise LmkitError(f"draft: {other} and {me} do not share a tokenizer (vocabularies of "
+                             f"{draft.tokenizer.vocab_size} and {self.tokenizer.vocab_size} tokens)")
+        check_draft(self.model, draft.model, me, other)
+        if cfg is not None and (name := unsupported(cfg)) is not None:
+            raise LmkitError(f"{name}: not available with a draft model (speculative decoding)")
+        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
+            raise LmkitError(f"draft_tokens must be an integer >= 0 (got {draft_tokens!r})")
+        return partial(SpeculativeSession, draft=draft.model, draft_tokens=draft_tokens)
+
+    def stream(self, prompt: str = "", draft=None, draft_tokens: int = DRAFT_TOKENS, **sampling) -> Iterator[str]:
+        """Yield the continuation of `prompt` piece by piece as it is generated (options: SamplingConfig;
+        `draft`: see generate)."""
         self._check_generates()
         cfg = sampling_config(**sampling)
-        for piece in stream_pieces(self.model, self.tokenizer, [self.encode_prompt(prompt)], cfg):
+        session = self.drafting(draft, draft_tokens, cfg)
+        for piece in stream_pieces(self.model, self.tokenizer, [self.encode_prompt(prompt)], cfg, session=session):
             if piece.text:
                 yield piece.text
 
-    def generate(self, prompt: str | list[str] = "", num_samples: int = 1, **sampling) -> str | list[str]:
+    def generate(self, prompt: str | list[str] = "", num_samples: int = 1, draft=None,
+                 draft_tokens: int = DRAFT_TOKENS, **sampling) -> str | list[str]:
         """Continue `prompt`; returns the new text. A list of prompts (of any lengths) runs as one batch and
         returns a list; `num_samples` > 1 returns that many continuations per prompt (a list, or a list of
         lists). Sampling options are the fields of `lmkit.sampling.SamplingConfig`; `json_schema=SCHEMA` (a dict,
-        or True for any JSON object) makes every answer JSON valid under it, enforced while decoding (grammar.py)."""
+        or True for any JSON object) makes every answer JSON valid under it, enforced while decoding (grammar.py).
+        `draft=` a smaller model sharing the tokenizer (an LM or a run directory) turns on speculative decoding
+        (speculative.py): the same tokens when greedy, the same distribution when sampling, `draft_tokens` + 1
+        proposals checked per forward of this model."""
         self._check_generates()
         cfg = sampling_config(**sampling)
+        session = self.drafting(draft, draft_tokens, cfg)
         if num_samples < 1:
             raise LmkitError(f"num_samples must be >= 1 (got {num_samples})")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = [self.encode_prompt(p) for p in prompts for _ in range(num_samples)]
         texts = [""] * len(ids)
-        for piece in stream_pieces(self.model, self.tokenizer, ids, cfg):
+        for piece in stream_pieces(self.model, self.tokenizer, ids, cfg, session=session):
             texts[piece.row] += piece.text
         grouped = [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
         if num_samples == 1:

@@ -27,7 +27,7 @@ import torch
 
 from .errors import LmkitError
 from .grammar import Constraint, RowMasks, grammar_for
-from .sampling import GREEDY_BELOW, SamplingConfig, choose, fit_to_context, process_logits, seeded_generator
+from .sampling import GREEDY_BELOW, SamplingConfig, choose, fit_to_context, logit_bias, process_logits, seeded_generator
 
 __all__ = ["Step", "DecodeSession", "generate_ids", "fit_to_context"]
 
@@ -98,6 +98,7 @@ class DecodeSession:
         if any(c.repetition_penalty != 1 for c in self.cfgs):
             in_prompt = torch.zeros(B, V, device=device).scatter_add_(1, self.idx, self.mask.float())
             self.seen = in_prompt > 0  # padding ids do not count
+        self.bias = logit_bias(self.cfgs, V, device) if any(c.logit_bias for c in self.cfgs) else None  # built once
         self.want_logprobs = max((c.logprobs for c in self.cfgs if c.logprobs is not None), default=None)
         self.masks = self._constraints(tokenizer, V)
 
@@ -146,11 +147,11 @@ class DecodeSession:
             if self.want_logprobs is not None:
                 logits = logits.clone()
             self.masks.apply(logits)
-        simple = self.counts is None and self.seen is None and not any(c.logit_bias for c in self.cfgs)
+        simple = self.counts is None and self.seen is None and getattr(self, "bias", None) is None
         if simple and all(c.temperature < GREEDY_BELOW for c in self.cfgs):
             nxt = logits.argmax(dim=-1)
         else:
-            nxt = choose(process_logits(logits, self.cfgs, self.counts, self.seen), self.cfgs, self.generators)
+            nxt = choose(process_logits(logits, self.cfgs, self.counts, self.seen, getattr(self, "bias", None)), self.cfgs, self.generators)
         if self.masks:
             self.masks.accept(nxt)
         return nxt
@@ -179,6 +180,8 @@ class DecodeSession:
             self.counts = self.counts[sel]
         if self.seen is not None:
             self.seen = self.seen[sel]
+        if getattr(self, "bias", None) is not None:
+            self.bias = self.bias[sel]
         if self.cache is not None:
             self.cache.select(sel)
         empty = int(self.mask.any(dim=0).long().argmax())  # leading columns that are padding in every row
@@ -213,8 +216,8 @@ class DecodeSession:
         self.idx = torch.cat([wide(a.idx, pad_id), wide(b.idx, pad_id)])
         self.mask = torch.cat([wide(a.mask, False), wide(b.mask, False)])
         self.padded = not bool(self.mask.all())
-        for name, dtype in (("counts", torch.float32), ("seen", torch.bool)):
-            x, y = getattr(a, name), getattr(b, name)
+        for name, dtype in (("counts", torch.float32), ("seen", torch.bool), ("bias", torch.float32)):
+            x, y = getattr(a, name, None), getattr(b, name, None)
             if x is not None or y is not None:
                 zeros = lambda d: torch.zeros(d.batch_size, self.model.config.vocab_size, dtype=dtype, device=self.device)
                 setattr(self, name, torch.cat([x if x is not None else zeros(a), y if y is not None else zeros(b)]))

@@ -34,12 +34,14 @@ def _per_row(cfgs: Sequence[SamplingConfig], name: str, off, device) -> torch.Te
 
 
 def process_logits(logits: torch.Tensor, cfgs: Sequence[SamplingConfig], counts: torch.Tensor | None,
-                   seen: torch.Tensor | None) -> torch.Tensor:
+                   seen: torch.Tensor | None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """logits (B, V) -> the logits to sample from: penalties, temperature, top-k, top-p, min-p applied
     row by row (masked tokens get −inf). `counts` (B, V): generated occurrences; `seen` (B, V): in the text."""
     device = logits.device
     logits = logits.float()
-    if any(c.logit_bias for c in cfgs):
+    if bias is not None:  # (B, V) from logit_bias(), built once by the caller (engine.py keeps it per session)
+        logits = logits + bias
+    elif any(c.logit_bias for c in cfgs):
         logits = logits + logit_bias(cfgs, logits.size(-1), device)
     if seen is not None:
         r = _per_row(cfgs, "repetition_penalty", 1.0, device)

@@ -110,16 +110,17 @@ class RowText:
 
 
 def stream_pieces(model, tokenizer, prompts: Sequence[Sequence[int]], cfg: SamplingConfig,
-                  use_cache: bool = True) -> Iterator[Piece]:
+                  use_cache: bool = True, session=DecodeSession) -> Iterator[Piece]:
     """Generate for several prompts at once and yield every row's pieces as they come; finished rows
-    leave the batch, so the others run faster."""
+    leave the batch, so the others run faster. `session`: the DecodeSession class (or a factory taking its
+    arguments), e.g. speculative.py's with a draft model."""
     eos = tokenizer.eot_id
     rows = [RowText(tokenizer, cfg, eos) for _ in prompts]
     if cfg.max_new_tokens == 0:
         for i in range(len(prompts)):
             yield Piece(i, "", -1, finish_reason="length")
         return
-    dec = DecodeSession(model, prompts, cfg, use_cache=use_cache, pad_id=eos or 0, tokenizer=tokenizer)
+    dec = session(model, prompts, cfg, use_cache=use_cache, pad_id=eos or 0, tokenizer=tokenizer)
     live = list(range(len(prompts)))  # original row index of each batch row
     while live:
         step = dec.step()

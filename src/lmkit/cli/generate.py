@@ -43,6 +43,12 @@ def register(g: flags.Group) -> None:
     p.add_argument("--json-schema", dest="json_schema_file", default=None, metavar="FILE",
                    help="answer with JSON valid under the JSON Schema in FILE, enforced while decoding "
                         "(a file holding {} or {\"type\": \"object\"}: any JSON object)")
+    p.add_argument("--draft", default=None, metavar="SMALL_RUN",
+                   help="speculative decoding: SMALL_RUN (a smaller run with the same tokenizer) proposes tokens "
+                        "that RUN_DIR checks several at a time; the same text when greedy, the same distribution "
+                        "when sampling")
+    flags.number(p, "--draft-tokens", lo=0, hi=64, default=4,
+                 help="with --draft: proposals per round beyond the first (default 4)")
 
     p = g.command("chat", run_chat, "chat with a run in the terminal, replies streamed",
                   "A terminal conversation with RUN_DIR; /reset starts over, /quit leaves. When the conversation "
@@ -89,7 +95,12 @@ def run_generate(a) -> None:
         if a.beams:
             raise LmkitError("--json-schema: works with sampling, not with --beams")
         sampling["json_schema"] = _read_schema(a.json_schema_file)
+    if a.draft is not None:
+        _check_draft_flags(a, sampling)
     lm = load(a.run_dir, device=a.device, families=CAUSAL, purpose="generate")
+    if a.draft is not None:  # loaded and checked once, before any output
+        sampling["draft"], sampling["draft_tokens"] = load(a.draft, device=a.device, families=CAUSAL), a.draft_tokens
+        lm.drafting(sampling["draft"], a.draft_tokens)
     if a.json_schema_file is not None:  # compiled before any output: a schema the grammar library refuses fails here
         from ..grammar import json_grammar
         try:
@@ -119,6 +130,18 @@ def _write_samples(a, lm, prompt: str, shown: str, sampling: dict) -> None:
             sys.stdout.write(piece)
             sys.stdout.flush()
         print()
+
+
+def _check_draft_flags(a, sampling: dict) -> None:
+    from ..sampling_config import sampling_config as checked
+    from ..speculative import unsupported
+    if a.beams:
+        raise LmkitError("--draft: works with sampling, not with --beams")
+    if a.json_schema_file is not None:
+        raise LmkitError("--json-schema: not available with --draft (speculative decoding)")
+    name = unsupported(checked(**sampling))
+    if name is not None:
+        raise LmkitError(f"{FLAG[name]}: not available with --draft (speculative decoding)")
 
 
 def _read_schema(path: str) -> dict:

@@ -39,6 +39,7 @@ from ..errors import LmkitError
 from ..grammar import json_grammar, tool_grammar
 from ..runs import CAUSAL
 from ..search import Encoder
+from ..speculative import DRAFT_TOKENS, unsupported
 from .errors import MAX_BODY_BYTES, ApiError, RequestLimits, error_response, install
 from .protocol import uvicorn_config
 from .responses import ChoiceBuilder, chunk, completion_body
@@ -65,13 +66,15 @@ class ApiKey:
 
 
 def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_bytes: int = MAX_BODY_BYTES,
-               encoder=None) -> FastAPI:
+               encoder=None, draft=None, draft_tokens: int = DRAFT_TOKENS) -> FastAPI:
     """The app for a loaded `lmkit.LM`; the scheduler thread starts and stops with it. With an
-    `lmkit.search.Encoder`, /v1/embeddings serves its mean-pooled, L2-normalised sentence vectors."""
+    `lmkit.search.Encoder`, /v1/embeddings serves its mean-pooled, L2-normalised sentence vectors. With a
+    `draft` LM (same tokenizer), every request decodes speculatively (speculative.py)."""
     model_id = lm.path.name if lm.path is not None else "lmkit"
     block, vocab = lm.model.config.block_size, lm.model.config.vocab_size
     metrics = Metrics()
-    scheduler = Scheduler(lm.model, lm.tokenizer, max_batch=max_batch, metrics=metrics)
+    scheduler = Scheduler(lm.model, lm.tokenizer, max_batch=max_batch, metrics=metrics,
+                          session=lm.drafting(draft, draft_tokens))
 
     @asynccontextmanager
     async def lifespan(app):
@@ -192,7 +195,12 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
         return rows
 
     def _check_constraints(cfg) -> None:
-        """A schema the grammar library cannot compile, or a logit_bias token outside the vocabulary: 400."""
+        """A schema the grammar library cannot compile, a logit_bias token outside the vocabulary, or with a
+        draft model a field speculative decoding does not serve: 400."""
+        if draft is not None and (name := unsupported(cfg)) is not None:
+            name = {"json_schema": "response_format"}.get(name, name)
+            raise ApiError(400, f"{name}: not available on this server, which decodes with a draft model "
+                                f"(speculative decoding)", param=name)
         if cfg.logit_bias and max(cfg.logit_bias) >= vocab:
             raise ApiError(400, f"logit_bias: token id {max(cfg.logit_bias)} is outside the vocabulary "
                                 f"(ids 0..{vocab - 1})", param="logit_bias")
@@ -281,12 +289,16 @@ class GracefulServer(uvicorn.Server):
 
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          device: str = "cpu", max_batch: int = 32, encoder: str | None = None, drain_seconds: float = 30) -> None:
-    """Load a run directory and serve it until SIGTERM or Ctrl-C (then drain: see the module's docstring)."""
+          device: str = "cpu", max_batch: int = 32, encoder: str | None = None, drain_seconds: float = 30,
+          draft: str | None = None, draft_tokens: int = DRAFT_TOKENS) -> None:
+    """Load a run directory and serve it until SIGTERM or Ctrl-C (then drain: see the module's docstring).
+    `draft`: a smaller run with the same tokenizer for speculative decoding."""
     lm = load(run_dir, device=device, families=CAUSAL, purpose="serve")
+    if draft is not None:
+        draft = load(draft, device=device, families=CAUSAL, purpose="serve --draft")
     if encoder is not None:
         encoder = Encoder(encoder, max_len=512)
-    app = create_app(lm, api_key=api_key, max_batch=max_batch, encoder=encoder)
+    app = create_app(lm, api_key=api_key, max_batch=max_batch, encoder=encoder, draft=draft, draft_tokens=draft_tokens)
     print(f"serving {run_dir} at http://{host}:{port}/  (chat page at /, OpenAI API at /v1, schema at /docs)",
           flush=True)
     config = uvicorn_config(app, host=host, port=port, timeout_graceful_shutdown=drain_seconds + 10)

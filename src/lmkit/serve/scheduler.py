@@ -53,8 +53,10 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, model, tokenizer, max_batch: int = 32, metrics: Metrics | None = None):
+    def __init__(self, model, tokenizer, max_batch: int = 32, metrics: Metrics | None = None,
+                 session=DecodeSession):
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.session_class = session  # DecodeSession, or a factory with its arguments (speculative decoding)
         self.metrics = metrics or Metrics()
         self.drain_by: float | None = None  # set by drain(): when the running rows are ended
         self.inbox: queue.Queue[Job] = queue.Queue()
@@ -131,7 +133,7 @@ class Scheduler:
             cfgs = [cfg for job in new_jobs for _, cfg in job.rows]
             new_live = [(job, i, RowText(self.tokenizer, cfg, eos)) for job in new_jobs
                         for i, (_, cfg) in enumerate(job.rows)]
-            newcomers = DecodeSession(self.model, prompts, cfgs, pad_id=eos or 0, tokenizer=self.tokenizer)
+            newcomers = self.session_class(self.model, prompts, cfgs, pad_id=eos or 0, tokenizer=self.tokenizer)
             self._dispatch(newcomers.step(), new_live)
         if self.session is not None:
             self._dispatch(self.session.step(), self.live)
