@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -111,20 +113,17 @@ def test_minilm_int8_and_pruned_stay_close_to_fp32(tmp_path):
 
 
 def test_quantize_linears_close_to_fp32_and_bad_input():
-    import pytest as _pytest
-    import torch as _torch
-    from lmkit.errors import LmkitError as _E
+    """torchao weight-only int8 (per row) and int4 (g32): measured max |Δ| 0.0041 and 0.047 on outputs up to
+    0.68; the bounds leave 2x, and int4 must err more than int8 (a no-op quantizer would give 0)."""
     from lmkit.models.quant import quantize_linears
-    _torch.manual_seed(0)
-    ref = _torch.nn.Sequential(_torch.nn.Linear(64, 96), _torch.nn.GELU(), _torch.nn.Linear(96, 64))
-    x = _torch.randn(3, 64)
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 64))
+    x = torch.randn(3, 64)
     y = ref(x).detach()
-    import copy as _copy
-    for bits, g, bound in ((8, None, 0.01), (4, 32, 0.15)):
-        m = quantize_linears(_copy.deepcopy(ref), bits, g)
-        err = (m(x) - y).abs().max().item()
-        assert err < bound, (bits, g, err)
-    with _pytest.raises(_E, match="must be 4 or 8"):
-        quantize_linears(_copy.deepcopy(ref), 3)
-    with _pytest.raises(_E, match="width 96 of layer 2"):
-        quantize_linears(_copy.deepcopy(ref), 4, 64)
+    err = {bits: (quantize_linears(copy.deepcopy(ref), bits, g)(x) - y).abs().max().item()
+           for bits, g in ((8, None), (4, 32))}
+    assert 0 < err[8] < 0.008 and err[8] < err[4] < 0.09, err
+    with pytest.raises(LmkitError, match="must be 4 or 8"):
+        quantize_linears(copy.deepcopy(ref), 3)
+    with pytest.raises(LmkitError, match="width 96 of layer 2"):
+        quantize_linears(copy.deepcopy(ref), 4, 64)

@@ -14,7 +14,7 @@ from .errors import LmkitError
 from .engine import DecodeSession
 from .sampling import sampling_config
 from .runs import CAUSAL, MODELS, Run, open_run
-from .speculative import DRAFT_TOKENS, SpeculativeSession, check_draft, unsupported
+from .speculative import DRAFT_TOKENS, SpeculativeSession, check_draft
 from .textstream import stream_pieces
 from .tokenizer import Tokenizer
 
@@ -45,10 +45,11 @@ class LM:
         if self.config.model.type == "bert":
             raise LmkitError(f"{self.path}: a BERT encoder does not generate text; use fill-mask")
 
-    def drafting(self, draft: "LM | str | Path | None", draft_tokens: int = DRAFT_TOKENS, cfg=None):
+    def drafting(self, draft: "LM | str | Path | None", draft_tokens: int = DRAFT_TOKENS):
         """The decoding session class for generate/stream: DecodeSession, or with `draft` (an LM or a run
         directory sharing this one's tokenizer) speculative decoding (speculative.py), `draft_tokens` + 1
-        proposals per round. Refused in one line: another tokenizer, a sampling field drafting cannot serve."""
+        proposals per round. Refused in one line: another tokenizer or vocabulary; a sampling field drafting
+        cannot serve is refused by the session (speculative.py)."""
         if draft is None:
             return DecodeSession
         if not isinstance(draft, LM):
@@ -58,8 +59,6 @@ class LM:
             raise LmkitError(f"draft: {other} and {me} do not share a tokenizer (vocabularies of "
                              f"{draft.tokenizer.vocab_size} and {self.tokenizer.vocab_size} tokens)")
         check_draft(self.model, draft.model, me, other)
-        if cfg is not None and (name := unsupported(cfg)) is not None:
-            raise LmkitError(f"{name}: not available with a draft model (speculative decoding)")
         if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
             raise LmkitError(f"draft_tokens must be an integer >= 0 (got {draft_tokens!r})")
         return partial(SpeculativeSession, draft=draft.model, draft_tokens=draft_tokens)
@@ -69,7 +68,7 @@ class LM:
         `draft`: see generate)."""
         self._check_generates()
         cfg = sampling_config(**sampling)
-        session = self.drafting(draft, draft_tokens, cfg)
+        session = self.drafting(draft, draft_tokens)
         for piece in stream_pieces(self.model, self.tokenizer, [self.encode_prompt(prompt)], cfg, session=session):
             if piece.text:
                 yield piece.text
@@ -85,7 +84,7 @@ class LM:
         proposals checked per forward of this model."""
         self._check_generates()
         cfg = sampling_config(**sampling)
-        session = self.drafting(draft, draft_tokens, cfg)
+        session = self.drafting(draft, draft_tokens)
         if num_samples < 1:
             raise LmkitError(f"num_samples must be >= 1 (got {num_samples})")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)

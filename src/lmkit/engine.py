@@ -147,11 +147,12 @@ class DecodeSession:
             if self.want_logprobs is not None:
                 logits = logits.clone()
             self.masks.apply(logits)
-        simple = self.counts is None and self.seen is None and getattr(self, "bias", None) is None
+        simple = self.counts is None and self.seen is None and self.bias is None
         if simple and all(c.temperature < GREEDY_BELOW for c in self.cfgs):
             nxt = logits.argmax(dim=-1)
         else:
-            nxt = choose(process_logits(logits, self.cfgs, self.counts, self.seen, getattr(self, "bias", None)), self.cfgs, self.generators)
+            nxt = choose(process_logits(logits, self.cfgs, self.counts, self.seen, self.bias), self.cfgs,
+                         self.generators)
         if self.masks:
             self.masks.accept(nxt)
         return nxt
@@ -180,7 +181,7 @@ class DecodeSession:
             self.counts = self.counts[sel]
         if self.seen is not None:
             self.seen = self.seen[sel]
-        if getattr(self, "bias", None) is not None:
+        if self.bias is not None:
             self.bias = self.bias[sel]
         if self.cache is not None:
             self.cache.select(sel)
@@ -204,20 +205,12 @@ class DecodeSession:
         assert a.cache.pos == a.idx.size(1) - 1 and b.cache.pos == b.idx.size(1) - 1, "merge after sliding"
         C = max(a.idx.size(1), b.idx.size(1))
         wide = lambda t, value: torch.nn.functional.pad(t, (C - t.size(1), 0), value=value)
-        cache = self.model.make_cache(a.batch_size + b.batch_size, self.block)
-        for d, rows in ((a, slice(0, a.batch_size)), (b, slice(a.batch_size, None))):
-            n = d.cache.pos
-            cache.k[:, rows, :, :C - 1 - n].zero_()  # padding keys: masked, but must be finite (0 · NaN = NaN)
-            cache.v[:, rows, :, :C - 1 - n].zero_()
-            cache.k[:, rows, :, C - 1 - n:C - 1] = d.cache.k[:, :, :, :n]
-            cache.v[:, rows, :, C - 1 - n:C - 1] = d.cache.v[:, :, :, :n]
-        cache.pos = C - 1
-        self.cache = cache
+        self.cache = right_aligned(self.model, [a.cache, b.cache], C, self.block)
         self.idx = torch.cat([wide(a.idx, pad_id), wide(b.idx, pad_id)])
         self.mask = torch.cat([wide(a.mask, False), wide(b.mask, False)])
         self.padded = not bool(self.mask.all())
         for name, dtype in (("counts", torch.float32), ("seen", torch.bool), ("bias", torch.float32)):
-            x, y = getattr(a, name, None), getattr(b, name, None)
+            x, y = getattr(a, name), getattr(b, name)
             if x is not None or y is not None:
                 zeros = lambda d: torch.zeros(d.batch_size, self.model.config.vocab_size, dtype=dtype, device=self.device)
                 setattr(self, name, torch.cat([x if x is not None else zeros(a), y if y is not None else zeros(b)]))
@@ -228,6 +221,23 @@ class DecodeSession:
         self.cfgs, self.generators = a.cfgs + b.cfgs, a.generators + b.generators
         wants = [w for w in (a.want_logprobs, b.want_logprobs) if w is not None]
         self.want_logprobs = max(wants) if wants else None
+
+
+def right_aligned(model, caches, width: int, max_len: int):
+    """One cache holding the rows of `caches` (one per session, each filled up to its own width − 1), laid out
+    right-aligned over `width` − 1 columns so every row's newest key sits last; what is left of a row's keys
+    is zeros, which its attention mask hides (they must be finite: 0 · NaN = NaN)."""
+    cache = model.make_cache(sum(c.k.size(1) for c in caches), max_len)
+    start = 0
+    for c in caches:
+        rows, n = slice(start, start + c.k.size(1)), c.pos
+        cache.k[:, rows, :, :width - 1 - n].zero_()
+        cache.v[:, rows, :, :width - 1 - n].zero_()
+        cache.k[:, rows, :, width - 1 - n:width - 1] = c.k[:, :, :, :n]
+        cache.v[:, rows, :, width - 1 - n:width - 1] = c.v[:, :, :, :n]
+        start += c.k.size(1)
+    cache.pos = width - 1
+    return cache
 
 
 @torch.no_grad()

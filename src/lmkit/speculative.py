@@ -36,7 +36,7 @@ from typing import Sequence
 
 import torch
 
-from .engine import DecodeSession, Step, _without_autograd
+from .engine import DecodeSession, Step, _without_autograd, right_aligned
 from .errors import LmkitError
 from .models.gpt import GPT, next_token_head
 from .sampling import GREEDY_BELOW, SamplingConfig, choose, process_logits
@@ -106,8 +106,6 @@ class SpeculativeSession(DecodeSession):
         for c in [cfgs] if isinstance(cfgs, SamplingConfig) else cfgs:
             if (name := unsupported(c)) is not None:
                 raise LmkitError(f"{name}: not available with a draft model (speculative decoding)")
-        if draft_tokens < 0:
-            raise LmkitError(f"draft_tokens must be >= 0 (got {draft_tokens})")
         super().__init__(model, prompts, cfgs, use_cache=True, pad_id=pad_id, fast=fast, tokenizer=tokenizer)
         self.pad_id, self.k = pad_id, draft_tokens
         self.eos = eos_id if eos_id is not None else tokenizer.eot_id if tokenizer is not None else None
@@ -175,13 +173,14 @@ class SpeculativeSession(DecodeSession):
         for j in range(k + 1):
             logits, _ = self.draft(ext[:, dc.pos:W + j], cache=dc, last_only=True,
                                    attention_mask=ext_mask[:, :W + j] if self.padded else None)
-            q.append(process_logits(logits[:, -1].float(), cfgs, None, None))
+            q.append(process_logits(logits[:, -1].float(), cfgs, None, None, self.bias))
             ext[:, W + j] = choose(q[-1], cfgs, gens(j, DRAFT))
         q = torch.stack(q, 1).softmax(dim=-1)  # (B, k+1, V)
         # 2. the target scores every proposal in one forward: p_j for d_{j+1}, j = 0 … k
         h = self.model.encode(ext[:, tc.pos:W + k], cache=tc, attention_mask=ext_mask[:, :W + k] if self.padded else None)
         logits = next_token_head(self.model.lm_head, h[:, -(k + 1):], None, False, self.model.config.logit_softcap)[0].float()
-        p = torch.stack([process_logits(logits[:, j], cfgs, None, None) for j in range(k + 1)], 1).softmax(dim=-1)
+        p = torch.stack([process_logits(logits[:, j], cfgs, None, None, self.bias) for j in range(k + 1)], 1)
+        p = p.softmax(dim=-1)
         # 3. each row keeps the proposals the acceptance rule lets through, then one drawn token
         drafts = ext[:, W:].tolist()
         kept = []
@@ -250,20 +249,10 @@ class SpeculativeSession(DecodeSession):
     @_without_autograd
     def merge(self, other: "SpeculativeSession", pad_id: int = 0) -> None:
         """As DecodeSession.merge; the draft's caches are right-aligned into one the same way."""
-        a, b = (self.idx.size(1), self.draft_cache), (other.idx.size(1), other.draft_cache)
+        assert all(s.draft_cache.pos == s.idx.size(1) - 1 for s in (self, other)), "merge after a round"
+        caches = [self.draft_cache, other.draft_cache]
         super().merge(other, pad_id)
-        C = self.idx.size(1)
-        cache = self.draft.make_cache(self.batch_size, self.draft.config.block_size)
-        start = 0
-        for (width, c) in (a, b):
-            rows, n = slice(start, start + c.k.size(1)), c.pos
-            assert n == width - 1, "merge after a round"
-            cache.k[:, rows, :, :C - 1 - n].zero_()  # padding keys: masked, but must be finite
-            cache.v[:, rows, :, :C - 1 - n].zero_()
-            cache.k[:, rows, :, C - 1 - n:C - 1] = c.k[:, :, :, :n]
-            cache.v[:, rows, :, C - 1 - n:C - 1] = c.v[:, :, :, :n]
-            start += c.k.size(1)
-        cache.pos, self.draft_cache = C - 1, cache
+        self.draft_cache = right_aligned(self.draft, caches, self.idx.size(1), self.draft.config.block_size)
         for name in ("buffers", "made", "ended", "seeds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.rounds, self.proposed, self.accepted = (self.rounds + other.rounds, self.proposed + other.proposed,

@@ -88,6 +88,16 @@ def overwrite(p, help: str | None = None) -> None:
     p.add_argument("--overwrite", action="store_true", help=help)
 
 
+def draft(p, refused: str) -> None:
+    """--draft SMALL_RUN and --draft-tokens: speculative decoding (speculative.py); `refused`: what it cannot serve."""
+    p.add_argument("--draft", default=None, metavar="SMALL_RUN",
+                   help="speculative decoding: SMALL_RUN (a smaller run with the same tokenizer) proposes tokens "
+                        "that RUN_DIR checks several at a time; the same text when greedy, the same distribution "
+                        f"when sampling ({refused} are refused)")
+    number(p, "--draft-tokens", lo=0, hi=64, default=4,
+           help="with --draft: proposals per round beyond the first (default 4)")
+
+
 def device(p, default: str = "cpu") -> None:
     help = "auto (cuda if there is one), cpu or cuda" if default == "auto" else "cpu or cuda"
     p.add_argument("--device", default=default, help=f"{help} (default {default})")

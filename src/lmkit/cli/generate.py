@@ -43,12 +43,7 @@ def register(g: flags.Group) -> None:
     p.add_argument("--json-schema", dest="json_schema_file", default=None, metavar="FILE",
                    help="answer with JSON valid under the JSON Schema in FILE, enforced while decoding "
                         "(a file holding {} or {\"type\": \"object\"}: any JSON object)")
-    p.add_argument("--draft", default=None, metavar="SMALL_RUN",
-                   help="speculative decoding: SMALL_RUN (a smaller run with the same tokenizer) proposes tokens "
-                        "that RUN_DIR checks several at a time; the same text when greedy, the same distribution "
-                        "when sampling")
-    flags.number(p, "--draft-tokens", lo=0, hi=64, default=4,
-                 help="with --draft: proposals per round beyond the first (default 4)")
+    flags.draft(p, "penalties and --json-schema")
 
     p = g.command("chat", run_chat, "chat with a run in the terminal, replies streamed",
                   "A terminal conversation with RUN_DIR; /reset starts over, /quit leaves. When the conversation "

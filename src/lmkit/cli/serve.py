@@ -21,12 +21,7 @@ def register(g: flags.Group) -> None:
     flags.number(p, "--drain-seconds", type=float, lo=0, hi=3600, default=30.0,
                  help="on SIGTERM or Ctrl-C, let running streams finish for up to this long, then end them "
                       "cleanly (default 30)")
-    p.add_argument("--draft", default=None, metavar="SMALL_RUN",
-                   help="speculative decoding: SMALL_RUN (a smaller run with the same tokenizer) proposes tokens "
-                        "that RUN_DIR checks several at a time (the same replies when greedy; requests with "
-                        "penalties, response_format or tools are refused)")
-    flags.number(p, "--draft-tokens", lo=0, hi=64, default=4,
-                 help="with --draft: proposals per round beyond the first (default 4)")
+    flags.draft(p, "requests with penalties, response_format or tools")
     flags.device(p)
 
 
