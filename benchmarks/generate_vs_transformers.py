@@ -19,6 +19,7 @@ path must equal those of the plain path (asserted).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -29,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 
-from lmkit.compress import dynamic_int8  # noqa: E402
+from lmkit.models.int8 import block_linears  # noqa: E402
+from lmkit.models.quant import replace_linears  # noqa: E402
 from lmkit.config import ModelConfig  # noqa: E402
 from lmkit.engine import generate_ids  # noqa: E402
 from lmkit.models import build_model  # noqa: E402
@@ -94,7 +96,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(**SHAPE, mlp="gelu_tanh")).eval()
     hf = hf_twin(model)
-    int8 = dynamic_int8(model)
+    int8 = replace_linears(copy.deepcopy(model), list(block_linears(model)), 8, None)  # what lmkit quantize writes
     x = torch.randint(0, SHAPE["vocab_size"], (2, 32))
     with torch.no_grad():
         diff = (model(x)[0] - hf(x).logits).abs().max().item()

@@ -12,7 +12,7 @@ LAYERS = [  # a module may import modules of its own layer or a lower one, never
      "chat_tools"],
     ["models", "data"],
     ["runs"],
-    ["sampling", "engine", "speculative", "textstream", "beam", "grammar"],
+    ["sampling", "engine", "speculative", "textstream", "beam", "grammar", "prefix_cache"],
     ["api"],
     ["train", "finetune", "evaluate", "compress", "search", "explain", "viz", "report", "report_svg", "serve"],
     ["cli", "__init__", "__main__"],

@@ -13,7 +13,10 @@ A `DecodeSession` gives exactly the same tokens and adds:
   - surgery for the server's continuous batching: `keep(rows)` drops finished rows (cache included),
     `merge(other)` lets a freshly prefilled session join a running one;
   - structured output: a row whose config has `json_schema` gets its own grammar matcher (grammar.py),
-    whose token mask is applied to that row's logits before every draw (needs `tokenizer=`).
+    whose token mask is applied to that row's logits before every draw (needs `tokenizer=`);
+  - prefix caching (`prefix_cache=`, prefix_cache.py): each prompt's longest cached block prefix is copied
+    into the cache and the prefill computes only the columns after it; the prompts' full blocks are
+    stored once prefilled. The tokens are those without it.
 `generate_ids` drives one session to the end; textstream.py turns its tokens into text, and
 serve/scheduler.py drives sessions for the server. Beam search is beam.py.
 """
@@ -27,6 +30,7 @@ import torch
 
 from .errors import LmkitError
 from .grammar import Constraint, RowMasks, grammar_for
+from .prefix_cache import PrefixCache
 from .sampling import GREEDY_BELOW, SamplingConfig, choose, fit_to_context, logit_bias, process_logits, seeded_generator
 
 __all__ = ["Step", "DecodeSession", "generate_ids", "fit_to_context"]
@@ -61,15 +65,19 @@ class DecodeSession:
     `fast` (default) runs every method under torch.inference_mode, which skips autograd's per-op
     bookkeeping (version counters, view tracking); the tokens are the same as with `fast=False`
     (torch.no_grad), and the tensors it returns cannot enter autograd later.
+    `prefix_cache` (a PrefixCache for this model) lets the prefill reuse the K/V of cached prompt prefixes;
+    `reused` then tells how many prompt tokens of each row were not computed. Ignored without a cache
+    (`use_cache=False`) and for the LSTM.
     """
 
     def __init__(self, model, prompts: Sequence[Sequence[int]], cfgs: Sequence[SamplingConfig] | SamplingConfig,
-                 use_cache: bool = True, pad_id: int = 0, fast: bool = True, tokenizer=None):
+                 use_cache: bool = True, pad_id: int = 0, fast: bool = True, tokenizer=None,
+                 prefix_cache: PrefixCache | None = None):
         self.fast = fast
-        self._start(model, prompts, cfgs, use_cache, pad_id, tokenizer)
+        self._start(model, prompts, cfgs, use_cache, pad_id, tokenizer, prefix_cache)
 
     @_without_autograd
-    def _start(self, model, prompts, cfgs, use_cache, pad_id, tokenizer) -> None:
+    def _start(self, model, prompts, cfgs, use_cache, pad_id, tokenizer, prefix_cache) -> None:
         model.eval()
         self.model, self.block = model, model.config.block_size
         if isinstance(cfgs, SamplingConfig):
@@ -101,6 +109,40 @@ class DecodeSession:
         self.bias = logit_bias(self.cfgs, V, device) if any(c.logit_bias for c in self.cfgs) else None  # built once
         self.want_logprobs = max((c.logprobs for c in self.cfgs if c.logprobs is not None), default=None)
         self.masks = self._constraints(tokenizer, V)
+        self.prefix_cache = self.reused = self.unstored = None  # unstored: prompts to store once prefilled
+        if prefix_cache is not None and self.cache is not None:
+            if prefix_cache.model is not model:
+                raise LmkitError("prefix_cache: this PrefixCache was built for another model")
+            if prefix_cache.enabled:
+                self.prefix_cache = prefix_cache
+                self._reuse_prefixes(prompts)
+
+    def _reuse_prefixes(self, prompts: list[list[int]]) -> None:
+        """Copy each row's cached prefix into the cache and start the prefill after them. Rows are left-padded,
+        so the prefill starts at the first column where some row has neither padding nor a cached key
+        (a row with a longer hit recomputes the rest of it); the padding columns before it are zeros."""
+        c, (B, L) = self.cache, self.idx.shape
+        found = [self.prefix_cache.lookup(p) for p in prompts]
+        starts = [L - len(p) for p in prompts]  # each prompt's first column
+        begin = min(s + (0 if f is None else f[0].size(2)) for s, f in zip(starts, found))
+        self.reused = [max(0, begin - s) if f is not None else 0 for s, f in zip(starts, found)]
+        self.prefix_cache.count(sum(map(len, prompts)), sum(self.reused))
+        self.unstored = prompts
+        if begin == 0:
+            return
+        c.k[:, :, :, :begin].zero_()  # padding keys are hidden by the mask, but must be finite (0 · NaN = NaN)
+        c.v[:, :, :, :begin].zero_()
+        for i, (s, f, n) in enumerate(zip(starts, found, self.reused)):
+            if n:
+                c.k[:, i, :, s:begin], c.v[:, i, :, s:begin] = f[0][:, :, :n], f[1][:, :, :n]
+        c.pos, self.fresh = begin, L - begin
+
+    def _store_prefixes(self) -> None:
+        """After the prefill: the full blocks of every prompt go into the prefix cache."""
+        c, W = self.cache, self.idx.size(1)
+        for i, p in enumerate(self.unstored):
+            self.prefix_cache.store(p, c.k[:, i, :, W - len(p):W], c.v[:, i, :, W - len(p):W])
+        self.unstored = None
 
     def _constraints(self, tokenizer, V: int) -> RowMasks | None:
         """One grammar matcher per row that asks for structured output; rows sharing a config share its grammar."""
@@ -132,6 +174,8 @@ class DecodeSession:
         mask = self.mask[:, -(past + T):] if self.padded else None
         logits, _ = self.model(self.idx[:, -T:], cache=cache, last_only=True, attention_mask=mask)
         logits = logits[:, -1].float()  # (B, V)
+        if self.unstored is not None:
+            self._store_prefixes()
         nxt = self._draw(logits)
         out = Step(nxt)
         if self.want_logprobs is not None:
@@ -183,6 +227,8 @@ class DecodeSession:
             self.seen = self.seen[sel]
         if self.bias is not None:
             self.bias = self.bias[sel]
+        if self.unstored is not None:
+            self.unstored, self.reused = [self.unstored[i] for i in rows], [self.reused[i] for i in rows]
         if self.cache is not None:
             self.cache.select(sel)
         empty = int(self.mask.any(dim=0).long().argmax())  # leading columns that are padding in every row
@@ -192,7 +238,10 @@ class DecodeSession:
             before = self.idx.size(1) + empty - self.fresh - c.pos if c is not None else 0
             n = max(0, empty - before)
             if c is not None and c.pos and n:
-                c.drop_front(n)
+                if n <= c.pos:
+                    c.drop_front(n)
+                else:  # (only before a prefill that reuses a prefix) more went than was cached: compute it all
+                    c.pos = self.fresh = 0
         self.padded = not bool(self.mask.all())
 
     @_without_autograd
@@ -242,13 +291,15 @@ def right_aligned(model, caches, width: int, max_len: int):
 
 @torch.no_grad()
 def generate_ids(model, idx: torch.Tensor | Sequence[Sequence[int]], cfg: SamplingConfig, eos_id: int | None = None,
-                 use_cache: bool = True, pad_id: int = 0, fast: bool = True, tokenizer=None) -> Iterator[torch.Tensor]:
+                 use_cache: bool = True, pad_id: int = 0, fast: bool = True, tokenizer=None,
+                 prefix_cache: PrefixCache | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every sequence, (B,), up to max_new_tokens or until all hit EOS.
 
     `idx` is a (B, T) tensor, or a list of prompts of different lengths (left-padded into one batch).
     Rows that reached EOS keep yielding EOS until every row is done."""
     prompts = idx.tolist() if isinstance(idx, torch.Tensor) else idx
-    dec = DecodeSession(model, prompts, cfg, use_cache=use_cache, pad_id=pad_id, fast=fast, tokenizer=tokenizer)
+    dec = DecodeSession(model, prompts, cfg, use_cache=use_cache, pad_id=pad_id, fast=fast, tokenizer=tokenizer,
+                        prefix_cache=prefix_cache)
     done = torch.zeros(dec.batch_size, dtype=torch.bool, device=dec.device)
     stop_at_eos = eos_id is not None and cfg.stop_at_eos
     for _ in range(cfg.max_new_tokens):

@@ -22,6 +22,11 @@ def register(g: flags.Group) -> None:
                  help="on SIGTERM or Ctrl-C, let running streams finish for up to this long, then end them "
                       "cleanly (default 30)")
     flags.draft(p, "requests with penalties, response_format or tools")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="compute every prompt in full (default: requests sharing a prefix, such as a system prompt, "
+                        "reuse its keys and values; Transformer runs without --draft)")
+    flags.number(p, "--prefix-cache-mb", type=float, lo=0, default=256.0, metavar="MB",
+                 help="memory for the prefix cache's keys and values, least recently used evicted (default 256)")
     flags.device(p)
 
 
@@ -31,4 +36,5 @@ def run_serve(a) -> None:
         import torch
         torch.set_num_threads(a.threads)
     serve(a.run_dir, host=a.host, port=a.port, api_key=a.api_key, device=a.device, max_batch=a.max_batch,
-          encoder=a.encoder, drain_seconds=a.drain_seconds, draft=a.draft, draft_tokens=a.draft_tokens)
+          encoder=a.encoder, drain_seconds=a.drain_seconds, draft=a.draft, draft_tokens=a.draft_tokens,
+          prefix_cache=a.prefix_cache, prefix_cache_mb=a.prefix_cache_mb)

@@ -149,8 +149,13 @@ class KVCache:
         self.pos += t
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (generation drops finished sequences)."""
-        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        """Keep only these batch rows (generation drops finished sequences). Only the `pos` filled positions
+        are copied: copying all `max_len` would touch every page of a long context at every finished row."""
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = torch.empty((old.size(0), len(rows), *old.shape[2:]), device=old.device, dtype=old.dtype)
+            new[:, :, :, :self.pos] = old[:, rows, :, :self.pos]
+            setattr(self, name, new)
 
     def drop_front(self, n: int) -> None:
         """Forget the first n cached positions (columns that became padding in every row)."""

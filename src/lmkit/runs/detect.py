@@ -7,7 +7,8 @@ from pathlib import Path
 from ..errors import LmkitError
 from ..io import read_json  # noqa: F401  (re-exported for the readers in runs/)
 
-# marker files that make a native run directory one of the derived kinds
+# marker files that make a native run directory one of the derived kinds ("int8": any lmkit quantize output,
+# int8 or int4; quantization.json says which)
 MARKERS = {"int8": "quantization.json", "lora": "adapter_config.json", "pruned": "pruning.json",
            "merged": "merged.json"}
 DESCRIPTION = {
@@ -42,6 +43,8 @@ class Found:
         if self.kind == "hf" and "peft_type" in self.meta:  # read as kind hf: merged onto its base (runs/hf.py)
             return DESCRIPTION["peft"]
         text = DESCRIPTION[self.kind]
+        if self.kind == "int8" and self.meta.get("bits") == 4:  # quantization.json of an int4 run
+            text = text.replace("int8", "int4")
         if self.family and self.kind in ("run", "hf", "int8", "pruned", "lora", "merged"):
             name = {"gpt": "GPT", "bert": "BERT", "lstm": "LSTM"}.get(self.family, self.family)
             text = text.replace("an lmkit run", f"an lmkit {name} run").replace("a Hugging Face model",

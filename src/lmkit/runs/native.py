@@ -4,9 +4,10 @@
     tokenizer.json       the tokenizer
     model.safetensors    the weights; metadata "step" = the training step they were saved at
     chat_template.json   the chat template, when the run was chat fine-tuned
-    + one marker file for the derived kinds: quantization.json (int8 weights: `…weight_int8` and
-    `…weight_scale`), adapter_config.json (LoRA: base and adapters in model.safetensors, merged on read),
-    pruning.json, merged.json.
+    + one marker file for the derived kinds: quantization.json (int8 / int4 weights: `…weight_int8` or
+    `…weight_int4`, and `…weight_scale`; it records method, bits, group_size, modules, source),
+    adapter_config.json (LoRA: base and adapters in model.safetensors, merged on read), pruning.json,
+    merged.json.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ..config import load_json, save_json
 from ..errors import LmkitError
 from ..io import atomic_dir, atomic_path, atomic_write_text, check_target, holds_files, user_mode
 from ..models import build_model
-from ..models.int8 import dynamic_int8, unpack_state
+from ..models.quant import prepare, replace_linears
 from ..models.lora import add_lora, adapter_state, merge_lora
 from ..tokenizer import Tokenizer
 from .detect import MARKERS, read_json
@@ -79,22 +80,33 @@ def load_weights(model: torch.nn.Module, file: Path) -> int:
     return step
 
 
+def quant_settings(file: Path, meta: dict) -> tuple[int, int | None, list[str]]:
+    """bits, group size and module names from quantization.json (a run written before int4 existed has
+    method "int8-per-channel" and no bits: 8 bits, one scale per row)."""
+    bits, group_size, modules = meta.get("bits", 8), meta.get("group_size"), meta.get("modules")
+    if bits not in (4, 8) or not (group_size is None or (isinstance(group_size, int) and group_size > 0)) \
+            or not isinstance(modules, list):
+        raise LmkitError(f"{file}: bad quantization settings (bits {bits!r}, group_size {group_size!r}, "
+                         f"modules {type(modules).__name__})")
+    return bits, group_size, modules
+
+
 def read_native(path: Path, kind: str) -> Run:
     """A run directory as a Run: its config, tokenizer, chat template and model with the weights in place
-    (int8 weights run through PyTorch's int8 kernels; LoRA adapters are merged into the weights)."""
+    (int8 / int4 weights in QuantLinears, models/quant.py; LoRA adapters are merged into the weights)."""
     cfg = load_json(path / "config.json")
     tokenizer = Tokenizer.load(path / "tokenizer.json")
     meta = read_json(path / MARKERS[kind]) if kind in MARKERS else {}
     model = build_model(cfg.model)
     file = path / "model.safetensors"
     if kind == "int8":
-        sd, step = read_weights(file)
+        bits, group_size, modules = quant_settings(path / MARKERS[kind], meta)
         try:
-            sd = unpack_state(sd, meta["modules"])
-        except KeyError as e:
-            raise LmkitError(f"{file}: no int8 weights for {e} named in quantization.json")
-        fit_weights(model, sd, file)
-        model = dynamic_int8(model, meta["modules"])
+            replace_linears(model, modules, bits, group_size, empty=True)
+        except LmkitError as e:
+            raise LmkitError(f"{path / MARKERS[kind]}: {e}")
+        step = load_weights(model, file)
+        prepare(model)
     elif kind == "lora":
         try:
             add_lora(model, meta["targets"], meta["rank"], meta["alpha"])

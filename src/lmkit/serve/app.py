@@ -15,6 +15,10 @@ status (errors.py): a field the server does not know, or an OpenAI field it does
 `Authorization: Bearer KEY` gets 401 (the static chat page itself is open: it holds no data and asks
 for the key).
 
+Requests that share a prompt prefix (a system prompt, few-shot examples) reuse its keys and values: a
+prefix cache (prefix_cache.py) of `prefix_cache_mb` MiB, on by default for Transformer runs decoded
+without a draft model; `lmkit serve --no-prefix-cache` turns it off. /metrics counts its hits.
+
 `serve()` shuts down gracefully on SIGTERM (or Ctrl-C): no new connections, waiting requests get a 503,
 running streams decode on for up to `drain_seconds` and are then ended cleanly (finish_reason "length",
 then [DONE]); the process exits once every response is out.
@@ -37,6 +41,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from ..api import load
 from ..errors import LmkitError
 from ..grammar import json_grammar, tool_grammar
+from ..prefix_cache import DEFAULT_MB, PrefixCache
 from ..runs import CAUSAL
 from ..search import Encoder
 from ..speculative import DRAFT_TOKENS, unsupported
@@ -66,15 +71,20 @@ class ApiKey:
 
 
 def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_bytes: int = MAX_BODY_BYTES,
-               encoder=None, draft=None, draft_tokens: int = DRAFT_TOKENS) -> FastAPI:
+               encoder=None, draft=None, draft_tokens: int = DRAFT_TOKENS, prefix_cache: bool = True,
+               prefix_cache_mb: float = DEFAULT_MB) -> FastAPI:
     """The app for a loaded `lmkit.LM`; the scheduler thread starts and stops with it. With an
     `lmkit.search.Encoder`, /v1/embeddings serves its mean-pooled, L2-normalised sentence vectors. With a
-    `draft` LM (same tokenizer), every request decodes speculatively (speculative.py)."""
+    `draft` LM (same tokenizer), every request decodes speculatively (speculative.py). `prefix_cache`:
+    reuse the K/V of shared prompt prefixes, up to `prefix_cache_mb` MiB (not with a draft, not for the LSTM)."""
     model_id = lm.path.name if lm.path is not None else "lmkit"
     block, vocab = lm.model.config.block_size, lm.model.config.vocab_size
     metrics = Metrics()
+    cache = PrefixCache(lm.model, max_bytes=int(prefix_cache_mb * 2 ** 20)) if prefix_cache and draft is None else None
+    if cache is not None and not cache.enabled:
+        cache = None
     scheduler = Scheduler(lm.model, lm.tokenizer, max_batch=max_batch, metrics=metrics,
-                          session=lm.drafting(draft, draft_tokens))
+                          session=lm.drafting(draft, draft_tokens), prefix_cache=cache)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -101,7 +111,8 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus():
-        text = metrics.render(scheduler.active_rows, scheduler.inbox.qsize() + len(scheduler.waiting))
+        text = metrics.render(scheduler.active_rows, scheduler.inbox.qsize() + len(scheduler.waiting),
+                              scheduler.prefix_cache)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     encoder_id = encoder.path.name if encoder is not None else None
@@ -290,15 +301,17 @@ class GracefulServer(uvicorn.Server):
 
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           device: str = "cpu", max_batch: int = 32, encoder: str | None = None, drain_seconds: float = 30,
-          draft: str | None = None, draft_tokens: int = DRAFT_TOKENS) -> None:
+          draft: str | None = None, draft_tokens: int = DRAFT_TOKENS, prefix_cache: bool = True,
+          prefix_cache_mb: float = DEFAULT_MB) -> None:
     """Load a run directory and serve it until SIGTERM or Ctrl-C (then drain: see the module's docstring).
-    `draft`: a smaller run with the same tokenizer for speculative decoding."""
+    `draft`: a smaller run with the same tokenizer for speculative decoding. `prefix_cache`: see create_app."""
     lm = load(run_dir, device=device, families=CAUSAL, purpose="serve")
     if draft is not None:
         draft = load(draft, device=device, families=CAUSAL, purpose="serve --draft")
     if encoder is not None:
         encoder = Encoder(encoder, max_len=512)
-    app = create_app(lm, api_key=api_key, max_batch=max_batch, encoder=encoder, draft=draft, draft_tokens=draft_tokens)
+    app = create_app(lm, api_key=api_key, max_batch=max_batch, encoder=encoder, draft=draft, draft_tokens=draft_tokens,
+                     prefix_cache=prefix_cache, prefix_cache_mb=prefix_cache_mb)
     print(f"serving {run_dir} at http://{host}:{port}/  (chat page at /, OpenAI API at /v1, schema at /docs)",
           flush=True)
     config = uvicorn_config(app, host=host, port=port, timeout_graceful_shutdown=drain_seconds + 10)

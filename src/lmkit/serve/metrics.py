@@ -3,14 +3,18 @@
     lmkit_requests_total{endpoint}            requests accepted for decoding (completions, chat)
     lmkit_choices_total{finish_reason}        choices finished: stop (EOS, a stop string, a complete tool call or
                                               JSON answer), length (max_tokens, the context, or ended by a shutdown)
-    lmkit_prompt_tokens_total                 prompt tokens prefilled
+    lmkit_prompt_tokens_total                 prompt tokens of the requests (those found in the prefix cache too)
     lmkit_generation_tokens_total             tokens generated
     lmkit_generation_tokens_per_second        tokens generated per second over the last WINDOW seconds
     lmkit_batch_rows / lmkit_waiting_requests the running batch's rows, requests waiting for room (gauges)
     lmkit_batch_size                          rows decoded together, one observation per decoding step
     lmkit_queue_wait_seconds                  from a request's arrival to its prefill
     lmkit_time_to_first_token_seconds         from a request's arrival to its first token
-The scheduler's thread records, the server's event loop renders: every access holds one lock.
+    lmkit_prefix_cache_lookup_tokens_total    prompt tokens looked up in the prefix cache (prefix_cache.py)
+    lmkit_prefix_cache_hit_tokens_total       prompt tokens whose keys/values came from it, not from a prefill
+    lmkit_prefix_cache_bytes                  what its blocks hold (gauge; all three 0 without a prefix cache)
+The scheduler's thread records, the server's event loop renders: every access holds one lock (the prefix
+cache's counters are plain integers the scheduler's thread updates, read as they are).
 """
 from __future__ import annotations
 
@@ -75,7 +79,7 @@ class Metrics:
         with self.lock:
             self.finished[reason] = self.finished.get(reason, 0) + 1
 
-    def render(self, rows: int, waiting: int) -> str:
+    def render(self, rows: int, waiting: int, prefix_cache=None) -> str:
         now = time.monotonic()
         with self.lock:
             rate = sum(n for t, n in self.recent if t >= now - WINDOW) / WINDOW
@@ -87,7 +91,7 @@ class Metrics:
                    [f'lmkit_requests_total{{endpoint="{k}"}} {v}' for k, v in sorted(self.requests.items())])
             metric("lmkit_choices_total", "counter", "Choices finished, by finish reason.",
                    [f'lmkit_choices_total{{finish_reason="{k}"}} {v}' for k, v in sorted(self.finished.items())])
-            metric("lmkit_prompt_tokens_total", "counter", "Prompt tokens prefilled.",
+            metric("lmkit_prompt_tokens_total", "counter", "Prompt tokens of the requests.",
                    [f"lmkit_prompt_tokens_total {self.prompt_tokens}"])
             metric("lmkit_generation_tokens_total", "counter", "Tokens generated.",
                    [f"lmkit_generation_tokens_total {self.generated}"])
@@ -104,4 +108,13 @@ class Metrics:
             metric("lmkit_time_to_first_token_seconds", "histogram",
                    "Seconds from a request's arrival to its first token.",
                    self.ttft.lines("lmkit_time_to_first_token_seconds"))
+        pc = prefix_cache
+        looked_up, hit, held = (pc.lookup_tokens, pc.hit_tokens, pc.bytes) if pc is not None else (0, 0, 0)
+        metric("lmkit_prefix_cache_lookup_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.",
+               [f"lmkit_prefix_cache_lookup_tokens_total {looked_up}"])
+        metric("lmkit_prefix_cache_hit_tokens_total", "counter",
+               "Prompt tokens whose keys and values came from the prefix cache instead of a prefill.",
+               [f"lmkit_prefix_cache_hit_tokens_total {hit}"])
+        metric("lmkit_prefix_cache_bytes", "gauge", "Bytes of keys and values held by the prefix cache.",
+               [f"lmkit_prefix_cache_bytes {held}"])
         return "\n".join(out) + "\n"

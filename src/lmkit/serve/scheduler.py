@@ -11,6 +11,12 @@ Each loop iteration
 Results go back to each request's asyncio queue through its event loop, piece by piece. Rows that ask
 for structured output carry their own grammar matcher inside the session (engine.py, grammar.py).
 
+With a `prefix_cache` (prefix_cache.py) every prefill reuses the cached K/V of its prompts' prefixes. A
+wave of requests that share a prefix the cache does not hold yet (32 chats with one new system prompt) is
+prefilled in two parts: first the jobs that would gain nothing from another job of the wave ("leaders"),
+which store their blocks, then the others, which find them. Speculative sessions (`session` not
+DecodeSession) do not reuse prefixes: the cache is then ignored.
+
 `drain(grace)` (the server's SIGTERM) admits nothing more: waiting requests get a 503, running rows
 decode on for `grace` seconds and are then ended with finish_reason "length", their text flushed, so
 every stream closes with its last chunk and [DONE]. `metrics` (metrics.py) sees every step.
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine import DecodeSession
+from ..prefix_cache import PrefixCache
 from ..sampling_config import SamplingConfig
 from ..textstream import Piece, RowText
 from .errors import ApiError
@@ -54,9 +61,10 @@ class Job:
 
 class Scheduler:
     def __init__(self, model, tokenizer, max_batch: int = 32, metrics: Metrics | None = None,
-                 session=DecodeSession):
+                 session=DecodeSession, prefix_cache: PrefixCache | None = None):
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.session_class = session  # DecodeSession, or a factory with its arguments (speculative decoding)
+        self.prefix_cache = prefix_cache if session is DecodeSession else None
         self.metrics = metrics or Metrics()
         self.drain_by: float | None = None  # set by drain(): when the running rows are ended
         self.inbox: queue.Queue[Job] = queue.Queue()
@@ -128,13 +136,13 @@ class Scheduler:
         new_jobs = self._admitted = self._admit()
         newcomers, new_live = None, []
         eos = self.tokenizer.eot_id
-        if new_jobs:
-            prompts = [ids for job in new_jobs for ids, _ in job.rows]
-            cfgs = [cfg for job in new_jobs for _, cfg in job.rows]
-            new_live = [(job, i, RowText(self.tokenizer, cfg, eos)) for job in new_jobs
-                        for i, (_, cfg) in enumerate(job.rows)]
-            newcomers = self.session_class(self.model, prompts, cfgs, pad_id=eos or 0, tokenizer=self.tokenizer)
-            self._dispatch(newcomers.step(), new_live)
+        for jobs in self._parts(new_jobs):
+            session, live = self._prefill(jobs)
+            if newcomers is None:
+                newcomers, new_live = session, live
+            else:
+                newcomers.merge(session, pad_id=eos or 0)
+                new_live = new_live + live
         if self.session is not None:
             self._dispatch(self.session.step(), self.live)
         if newcomers is not None:
@@ -156,6 +164,34 @@ class Scheduler:
                 self.session.keep(keep)
             else:
                 self.session = None
+
+    def _prefill(self, jobs: list[Job]):
+        """A session for these jobs' rows, stepped once (the prefill): its first tokens are sent."""
+        eos = self.tokenizer.eot_id
+        prompts = [ids for job in jobs for ids, _ in job.rows]
+        cfgs = [cfg for job in jobs for _, cfg in job.rows]
+        live = [(job, i, RowText(self.tokenizer, cfg, eos)) for job in jobs for i, (_, cfg) in enumerate(job.rows)]
+        extra = {} if self.prefix_cache is None else {"prefix_cache": self.prefix_cache}
+        session = self.session_class(self.model, prompts, cfgs, pad_id=eos or 0, tokenizer=self.tokenizer, **extra)
+        self._dispatch(session.step(), live)
+        return session, live
+
+    def _parts(self, jobs: list[Job]) -> list[list[Job]]:
+        """The admitted jobs in the order their prefills run: one part, or with a prefix cache the leaders, then
+        the jobs that share more full blocks with a leader's prompt than the cache holds for them now."""
+        pc = self.prefix_cache
+        if pc is None or len(jobs) < 2:
+            return [jobs] if jobs else []
+        n = pc.block_tokens
+        leaders, followers, led = [], [], []  # led: the leaders' prompts
+        for job in jobs:
+            if any(max((_shared(ids, other) for other in led), default=0) // n * n > pc.cached_tokens(ids)
+                   for ids, _ in job.rows):
+                followers.append(job)
+            else:
+                leaders.append(job)
+                led += [ids for ids, _ in job.rows]
+        return [leaders, followers] if followers else [leaders]
 
     def _dispatch(self, step, live: list[tuple[Job, int, RowText]]) -> None:
         for b, (job, choice, text) in enumerate(live):
@@ -179,3 +215,13 @@ class Scheduler:
                 text.finish_reason = "length"
                 self._emit(job, Piece(choice, text.stops.flush() + text.stream.flush(), -1, finish_reason="length"))
         self.live, self.session = [], None
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    """How many tokens two prompts share from the start (at most all but a's last one)."""
+    n = 0
+    for x, y in zip(a[:-1], b):
+        if x != y:
+            break
+        n += 1
+    return n
