@@ -96,3 +96,20 @@ def test_sampling_seed_repeats_and_top_k_one_is_greedy():
     assert torch.equal(run(temperature=1.0, seed=7), run(temperature=1.0, seed=7))
     assert torch.equal(run(temperature=1.0, top_k=1, seed=3), run(temperature=0))
     assert torch.equal(run(temperature=1.0, top_p=1e-6, seed=3), run(temperature=0))
+
+
+def test_grouped_query_decode_step_attends_like_the_repeated_heads():
+    """One new token with fewer K/V heads takes a path with no copy of the cache; it must give what attending
+    over K/V heads repeated n_head/n_kv_head times gives, with and without a padding mask."""
+    import torch.nn.functional as F
+    from lmkit.models.attention import attend
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 6, 1, 8, generator=g), torch.randn(3, 2, 20, 8, generator=g), torch.randn(3, 2, 20, 8, generator=g)
+    mask = torch.ones(3, 1, 1, 20, dtype=torch.bool)
+    mask[1, ..., :7] = False  # a left-padded row
+    for m in (None, mask):
+        want = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=m)
+        got = attend(q, k, v, causal=False, mask=m)
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-6
+    tiled = F.scaled_dot_product_attention(q, k.repeat(1, 3, 1, 1), v.repeat(1, 3, 1, 1))  # heads grouped j, j+2, j+4
+    assert (tiled - attend(q, k, v, causal=False)).abs().max() > 1e-2  # the grouping is checked, not just the shape

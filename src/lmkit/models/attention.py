@@ -22,7 +22,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
            mask: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) -> (B, H, Tq, D). `mask` is a bool (.., Tq, Tk), True = attend."""
     if k.size(1) != q.size(1):  # grouped-query attention: each K/V head serves n_head/n_kv_head query heads
-        rep = q.size(1) // k.size(1)
+        B, H, Tq, D = q.shape
+        rep = H // k.size(1)
+        if Tq == 1 and (not causal or k.size(2) == 1) and _recorded is None and (mask is None or mask.size(-2) == 1):
+            # one new token (decoding): query heads j·rep … j·rep+rep−1 share K/V head j, so they attend as
+            # rep query rows of that head — no copy of the cache rep times over
+            y = F.scaled_dot_product_attention(q.view(B, k.size(1), rep, D), k, v, attn_mask=mask, dropout_p=dropout_p)
+            return y.view(B, H, 1, D)
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     if short_bf16_on_cpu(q, k, v, mask):
         y = attend_explicit(q, k, v, causal, dropout_p)
