@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 
 import lmkit  # noqa: E402
-from lmkit.compress import _run_data_dir, prune_run, quantize_int8, val_loss  # noqa: E402
+from lmkit.compress import _run_data_dir, prune_run, quantize, val_loss  # noqa: E402
 from lmkit.engine import generate_ids  # noqa: E402
 from lmkit.sampling import SamplingConfig  # noqa: E402
 
@@ -52,7 +52,7 @@ def main() -> None:
         rows.append([name, f"{size:.2f}", f"{loss:.4f}", f"{speed(lm):.0f}", extra])
 
     row("fp32 (original)", base, a.run_dir)
-    quantize_int8(a.run_dir, tmp / "int8")
+    quantize(a.run_dir, tmp / "int8")
     row("int8 per-channel", lmkit.load(tmp / "int8"), tmp / "int8")
     r = prune_run(a.run_dir, tmp / "p50", 0.5, finetune_iters=0, progress=False)
     row("50% unstructured", lmkit.load(tmp / "p50"), tmp / "p50", f"sparsity {r['weight_sparsity']:.2f}")

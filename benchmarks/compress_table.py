@@ -34,7 +34,7 @@ from _common import report  # noqa: E402
 
 import lmkit  # noqa: E402
 from lmkit.compress import (_run_data_dir, export_onnx, onnx_session, prune_run,  # noqa: E402
-                            quantize_int8)
+                            quantize)
 from lmkit.data.shards import open_split  # noqa: E402
 from lmkit.engine import generate_ids  # noqa: E402
 from lmkit.sampling import SamplingConfig  # noqa: E402
@@ -119,7 +119,7 @@ def gpt_table(a, tmp: Path) -> None:
 
     bf16 = lmkit.load(run)
     bf16.model.to(torch.bfloat16)
-    quantize_int8(run, tmp / "int8")
+    quantize(run, tmp / "int8")
     p0 = prune_run(run, tmp / "p50", 0.5, progress=False)
     p1 = prune_run(run, tmp / "p50r", 0.5, finetune_iters=a.recovery_iters, progress=False)
     onnx = export_onnx(base, tmp / "gpt.onnx")
@@ -179,7 +179,7 @@ def minilm_table(a, tmp: Path) -> None:
 
     bf16 = Encoder(max_len=a.max_len, batch_size=a.batch)
     bf16.model.to(torch.bfloat16)
-    quantize_int8(path, tmp / "mini_int8")
+    quantize(path, tmp / "mini_int8")
     prune_run(path, tmp / "mini_p50", 0.5, progress=False)
     onnx = export_onnx(lmkit.load(path), tmp / "minilm.onnx")
     encoders = {"fp32": fp32, "bf16 (weights cast)": bf16,

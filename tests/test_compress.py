@@ -7,7 +7,7 @@ import torch
 import lmkit
 from lmkit import LmkitError
 from lmkit.cli import main
-from lmkit.compress import prune_run, quantize_int8, sparsity_of
+from lmkit.compress import prune_run, quantize, sparsity_of
 
 
 def _logits(lm, text="To be, or not to be"):
@@ -16,7 +16,7 @@ def _logits(lm, text="To be, or not to be"):
 
 
 def test_int8_is_smaller_and_close(trained_run, tmp_path):
-    r = quantize_int8(trained_run, tmp_path / "q")
+    r = quantize(trained_run, tmp_path / "q")
     assert r["bytes_after"] < 0.6 * r["bytes_before"]  # embeddings stay fp32 in this tiny model
     fp32, int8 = lmkit.load(trained_run), lmkit.load(tmp_path / "q")
     a, b = _logits(fp32), _logits(int8)
@@ -100,7 +100,7 @@ def test_minilm_int8_and_pruned_stay_close_to_fp32(tmp_path):
     texts = ["A man is eating food.", "A man is eating a piece of bread.", "The striker scored twice.",
              "Heavy rain is expected in the north tomorrow."]
     fp32 = Encoder().embed(texts)
-    r = quantize_int8(default_model_path(), tmp_path / "q")
+    r = quantize(default_model_path(), tmp_path / "q")
     assert r["modules"] == 24 and r["bytes_after"] < 0.7 * r["bytes_before"]  # the word embeddings stay fp32
     int8 = Encoder(tmp_path / "q").embed(texts)
     cos = (fp32 * int8).sum(1)

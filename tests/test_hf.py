@@ -389,9 +389,9 @@ def test_config_that_disagrees_with_the_weights_names_the_tensor_and_both_shapes
 # ---- export-hf takes float models only ---------------------------------------------------------------
 def test_export_hf_refuses_an_int8_run_in_one_line(tmp_path, tok, capsys):
     from lmkit.cli import main
-    from lmkit.compress import quantize_int8
+    from lmkit.compress import quantize
     run, _ = make_run(tmp_path, tok)
-    quantize_int8(run, tmp_path / "int8")
+    quantize(run, tmp_path / "int8")
     capsys.readouterr()
     assert main(["export-hf", str(tmp_path / "int8"), "--out", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err

@@ -64,11 +64,6 @@ def quantize(run_dir: str | Path, out_dir: str | Path, bits: int = 8, group_size
             "modules": len(modules), "method": method}
 
 
-def quantize_int8(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
-    """`quantize` with 8 bits and one scale per output row (the default of lmkit quantize)."""
-    return quantize(run_dir, out_dir, 8, None, overwrite)
-
-
 # ---- pruning ----------------------------------------------------------------------------------------
 def magnitude_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
     """For each block weight matrix, a 0/1 mask that zeros its `sparsity` fraction of smallest |w|."""

@@ -80,9 +80,8 @@ def create_app(lm, api_key: str | None = None, max_batch: int = 32, max_body_byt
     model_id = lm.path.name if lm.path is not None else "lmkit"
     block, vocab = lm.model.config.block_size, lm.model.config.vocab_size
     metrics = Metrics()
-    cache = PrefixCache(lm.model, max_bytes=int(prefix_cache_mb * 2 ** 20)) if prefix_cache and draft is None else None
-    if cache is not None and not cache.enabled:
-        cache = None
+    cache = PrefixCache(lm.model, max_bytes=int(prefix_cache_mb * 2 ** 20)) if prefix_cache else None  # the scheduler
+    # drops it for speculative sessions; for the LSTM it holds nothing
     scheduler = Scheduler(lm.model, lm.tokenizer, max_batch=max_batch, metrics=metrics,
                           session=lm.drafting(draft, draft_tokens), prefix_cache=cache)
 
