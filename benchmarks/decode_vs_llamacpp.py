@@ -212,7 +212,8 @@ def main() -> None:
              + f"; the floor uses {bw:.1f}. Bytes per weight: q8_0 34/32, q4_0 18/32, lmkit int8 1 + a scale per row, "
              f"int4 g32 0.5 + a 4-byte scale per 32. lmkit int8 / llama.cpp q8_0 decode: {ratio(('lmkit', 'int8'), ('llama.cpp', 'q8_0'))} "
              f"(target ≥ 1.0×); lmkit int8 / transformers fp32: {ratio(('lmkit', 'int8'), ('transformers', 'fp32'))} "
-             f"(target ≥ 3×). lmkit bf16 is the fp32 run cast with .to(torch.bfloat16) in this script. llama.cpp "
+             f"(target ≥ 3×); lmkit int4 g32 / llama.cpp q4_0: {ratio(('lmkit', 'int4 g32'), ('llama.cpp', 'q4_0'))}; "
+             f"lmkit int4 g32 / transformers fp32: {ratio(('lmkit', 'int4 g32'), ('transformers', 'fp32'))}. lmkit bf16 is the fp32 run cast with .to(torch.bfloat16) in this script. llama.cpp "
              f"{'without extra buffer types (no AMX / repacking)' if a.no_extra_bufts else 'with its default buffers'}; "
              f"llama-cpp-python {llama_cpp.__version__}, transformers {transformers.__version__}. "
              f"Load average before/after: {load_before} / {load_after}.")

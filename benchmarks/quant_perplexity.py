@@ -13,8 +13,10 @@ which training never reads). Then, on the same weights:
     fp32                     the run as trained (the reference)
     int8 per-channel         lmkit quantize RUN (--bits 8): one scale per output row; loaded, it runs fbgemm's int8
                              matmul, which also quantizes the activations per call (7 bits)
-    int8 per-channel, w only the same file with QuantLinear.kernel = "float" (F.linear on q·s): the weights' error alone
-    int8 g32 / int4 g32 / int4 g128   lmkit quantize --bits 8|4 --group-size N (the "float" kernel)
+    …, weights only          the same file with QuantLinear.prepare("float") (F.linear on q·s): the weights' error alone
+    int8 g32                 lmkit quantize --bits 8 --group-size 32 (the "float" kernel)
+    int4 g32 / int4 g128     lmkit quantize --bits 4 --group-size N: PyTorch's CPU int4 kernel ("int4pack", bf16
+                             activations and scales)
     llama.cpp q8_0 / q4_0    every Linear that lmkit quantizes, quantized and dequantized with gguf-py's reference
                              implementation of llama.cpp's q8_0 / q4_0 (blocks of 32, one fp16 scale each), then
                              run by lmkit's forward: llama.cpp's quantization, not its runtime
@@ -98,16 +100,15 @@ def kernel_table(repeats: int = 5) -> None:
     def ours(bits, group, kernel=None):
         m = nn.Sequential(*[QuantLinear.from_linear(lin, bits, group) for lin in ref])
         for q in m:
-            q.prepare()
-            if kernel == "float":
-                q.kernel, q._packed, q._float = "float", None, q.dequantize()
+            q.prepare(kernel)
         return m
     def torchao(bits, group):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return quantize_linears(copy.deepcopy(ref), bits, group)
     engines = {"fp32 F.linear": ref, "lmkit int8 per-channel (fbgemm)": ours(8, None),
-               "lmkit int8 per-channel (float)": ours(8, None, "float"), "lmkit int4 g32 (float)": ours(4, 32),
+               "lmkit int8 per-channel (float)": ours(8, None, "float"), "lmkit int4 g32 (int4pack)": ours(4, 32),
+               "lmkit int4 g32 (float)": ours(4, 32, "float"),
                "torchao int8 weight-only": torchao(8, None), "torchao int4 g32 weight-only": torchao(4, 32)}
     rows = []
     with torch.inference_mode():
@@ -148,7 +149,7 @@ def qwen_decode(new_tokens: int = 16, repeats: int = 2) -> None:
         models = {"fp32": lmkit.load(tmp / "run").model}
         for bits in (8, 4):
             quantize(tmp / "run", tmp / f"int{bits}", bits)
-            models[f"int{bits} " + ("per-channel (fbgemm)" if bits == 8 else "g32 (float)")] = \
+            models[f"int{bits} " + ("per-channel (fbgemm)" if bits == 8 else "g32 (int4pack)")] = \
                 lmkit.load(tmp / f"int{bits}").model
         best = {(k, b): math.inf for k in models for b in (1, 8)}
         with torch.inference_mode():
@@ -160,14 +161,15 @@ def qwen_decode(new_tokens: int = 16, repeats: int = 2) -> None:
            ["weights", "tokens/s b1", "tokens/s b8"],
            [[k, f"{new_tokens / best[k, 1]:.2f}", f"{8 * new_tokens / best[k, 8]:.2f}"] for k in models],
            notes=f"{new_tokens} greedy tokens from one prompt token, best of {repeats} alternated runs, torch threads "
-                 f"{torch.get_num_threads()}. Block Linears quantized; the tied head (151,936 × 896) stays fp32.")
+                 f"{torch.get_num_threads()}. Block Linears and the head quantized (the tied head, 151,936 × 896, as a copy "
+                 "beside the float embedding).")
 
 
 def float_kernel(lm):
     """The loaded quantized model with every QuantLinear on the "float" kernel (weights q·s, float matmul)."""
     for m in lm.model.modules():
         if isinstance(m, QuantLinear):
-            m.kernel, m._packed, m._float = "float", None, m.dequantize()
+            m.prepare("float")
     return lm
 
 
@@ -216,7 +218,7 @@ def main() -> None:
         size = r["bytes_after"]
         name = f"int{bits} " + (f"g{group}" if group else "per-channel")
         variants.append((name, (lambda out=out: lmkit.load(out)), size, None, True))
-        if group is None:
+        if group is None or bits == 4:  # what the kernel's own rounding (fbgemm's, bf16's) adds
             variants.append((name + ", weights only", (lambda out=out: float_kernel(lmkit.load(out))), size, None, True))
     variants += [("llama.cpp q8_0 (gguf-py)", lambda: gguf_roundtrip(lmkit.load(run), gguf.GGMLQuantizationType.Q8_0),
                   None, 8.5, False),

@@ -1,7 +1,7 @@
 """Smaller, faster models for CPU inference: int8 / int4 weights, magnitude pruning, ONNX export, for a
 GPT and for a BERT encoder (an lmkit run or a Hugging Face folder such as all-MiniLM-L6-v2).
 
-Quantization (models/quant.py): every block Linear weight (and an untied output head) is stored as
+Quantization (models/quant.py): every block Linear weight and the output head are stored as
 round(w / s) in int8 or int4, with one scale s per output row or per group of 32 / 64 / 128 inputs
 (about 4× / 6× smaller than fp32, scales included); activations stay float. On load each layer runs the
 kernel measured fastest for its kind (QuantLinear).
@@ -28,6 +28,7 @@ from .runs import FLOAT, check_target, open_run, save_run
 from .runs.detect import MARKERS
 from .train.trainer import Trainer
 
+
 def _source_bytes(path: Path) -> int:
     """Size of the weights a model directory was read from (model.safetensors, or a Hugging Face
     folder's shards / pytorch_model.bin)."""
@@ -38,17 +39,17 @@ def _source_bytes(path: Path) -> int:
 
 # ---- int8 / int4 --------------------------------------------------------------------------------------
 def quantize(run_dir: str | Path, out_dir: str | Path, bits: int = 8, group_size: int | None = None,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, head: bool = True) -> dict:
     """Write a copy of the run (GPT, or a BERT encoder: an lmkit run or a Hugging Face folder such as
-    all-MiniLM-L6-v2) with int8 or int4 weights in its block Linears and its output head when that is not
-    tied to the embedding (models/quant.py); returns sizes before and after. Bits other than 4 / 8, a group
+    all-MiniLM-L6-v2) with int8 or int4 weights in its block Linears and (`head`) its output head, a tied
+    one as a quantized copy beside the float embedding (models/quant.py); returns sizes before and after. Bits other than 4 / 8, a group
     size that does not divide a layer's width, another family or an already quantized run: LmkitError
     before anything is written."""
     group_size = check_settings(bits, group_size)
     check_target(out_dir, overwrite, source=run_dir)
     run = open_run(run_dir, accept=FLOAT, families=("gpt", "bert"), purpose="quantize",
                    hints={"int8": "it is already quantized{source}"})
-    linears = quantizable(run.model)
+    linears = quantizable(run.model, head)
     check_widths(linears, group_size)
     modules = sorted(linears)
     replace_linears(run.model, modules, bits, group_size)

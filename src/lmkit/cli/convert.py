@@ -27,8 +27,9 @@ def register(g: flags.Group) -> None:
     flags.overwrite(p, "write into a non-empty folder")
 
     p = g.command("quantize", run_quantize, "int8 / int4 weights for CPU inference (about 4x / 6x smaller)",
-                  "Store every Linear weight of the Transformer blocks (and an output head not tied to the "
-                  "embedding) as int8 or int4 with one scale per output row or per group of inputs; "
+                  "Store every Linear weight of the Transformer blocks and the output head (a head tied to "
+                  "the embedding gets a quantized copy; the embedding stays float) as int8 or int4 with one "
+                  "scale per output row or per group of inputs; "
                   "activations stay float. The output loads like any run (generate, chat, serve, evaluate, "
                   "embed). Works on a GPT or BERT run and on a Hugging Face GPT or BERT folder.")
     p.add_argument("run_dir")
@@ -36,6 +37,9 @@ def register(g: flags.Group) -> None:
                    help="8 (default: one scale per output row) or 4 (one scale per group, default 32)")
     p.add_argument("--group-size", default=None, metavar="32|64|128",
                    help="inputs per scale: 32, 64 or 128 (default: the whole row for 8 bits, 32 for 4 bits)")
+    p.add_argument("--float-head", action="store_true",
+                   help="keep the output head in float (it is read for every token: on a large vocabulary it "
+                        "is much of the decoding time)")
     p.add_argument("--out", required=True, help="output run directory")
     flags.overwrite(p)
 
@@ -98,7 +102,8 @@ def run_quantize(a) -> None:
     from ..compress import quantize
     def number(v):  # anything else is named by the library's check ("--bits 3: must be 4 or 8")
         return int(v) if v is not None and v.isdigit() else v
-    r = quantize(a.run_dir, a.out, number(a.bits), number(a.group_size), overwrite=a.overwrite)
+    r = quantize(a.run_dir, a.out, number(a.bits), number(a.group_size), overwrite=a.overwrite,
+                 head=not a.float_head)
     print(f"{a.out}: {r['modules']} Linear layers in {r['method']}; model.safetensors "
           f"{r['bytes_before'] / 1e6:.2f} MB -> {r['bytes_after'] / 1e6:.2f} MB")
 

@@ -15,15 +15,24 @@ These are the names `QuantLinear` gives its buffers, so a quantized model's stat
 float weights back (w ≈ q · s), and the "float" kernel computes exactly F.linear with them.
 
 Kernels (`QuantLinear.kernel`), chosen by measurement on the 2-core CPU lmkit is developed on
-(benchmarks/quant_perplexity.py: 8 Qwen2.5-0.5B MLP matrices 4864×896, one thread, ms at batch 1 / 8):
-    "fbgemm"  int8 with one scale per row: PyTorch's fbgemm int8 matmul, 7.1 / 5.8 against fp32's 10.0 / 26.6.
-              It quantizes the activations per call as well (to 7 bits, as torch.ao's quantize_dynamic did),
-              which costs some accuracy (held-out perplexity +0.65% against +0.04% for the weights alone on
-              TinyStories). Used where PyTorch has the kernel (x86 builds).
-    "float"   every other case: the weights are restored in float once, when the module is first used, and
-              F.linear runs on them: fp32 speed and memory (the file stays 4x / 6x smaller). No int4 or
-              grouped kernel beat fp32 here: torchao's weight-only int8 took 45 / 26, its int4 g32 92 / 65,
-              a torch.compile'd int4 reduction 37 ms at batch 1.
+(benchmarks/quant_perplexity.py: 8 Qwen2.5-0.5B MLP matrices 4864×896, one thread, ms at batch 1 / 8;
+fp32 F.linear takes 9.4 / 26.0):
+    "fbgemm"   int8 with one scale per row: PyTorch's fbgemm int8 matmul, 6.7 / 5.1. It quantizes the
+               activations per call as well (to 7 bits, as torch.ao's quantize_dynamic did), which costs some
+               accuracy (held-out perplexity +0.65% against +0.04% for the weights alone on TinyStories).
+               Used where PyTorch has the kernel (x86 builds).
+    "int4pack" int4, any group size: PyTorch's CPU int4 kernel (torch._weight_int4pack_mm_for_cpu, bf16
+               activations and scales), 2.5 / 7.5, up to PREFILL_ROWS rows a call. Above that (a prompt) the
+               kernel falls behind a float matmul (512 rows: 24.9 ms a matrix against fp32's 10.8), so the
+               weights are restored for the call, in bf16 where the CPU multiplies bf16 natively (4.3 ms
+               with the restoring), else fp32. On a 373M Llama-style model at 2 threads this decodes 46-49
+               tokens/s where the float path gave 16.4 (benchmarks/decode_vs_llamacpp.py).
+    "float"    every other case (int8 with groups, other devices, or `prepare("float")`, the reference): the
+               weights are restored in float once, when the module is first used, and F.linear runs on
+               them: fp32 speed and memory (the file stays 4x / 6x smaller). torchao's weight-only kernels
+               were slower than fp32 here (int8 41.4 / 26.4, int4 g32 73.6 / 53.6).
+On a model as small as examples/shakespeare_char.toml (128 wide) every kernel is bound by per-call overheads
+and the float one is as fast or faster; the quantized kernels pay from a few hundred wide.
 `quantize_linears` does the same job through torchao's `quantize_`, for machines where its kernels serve.
 """
 from __future__ import annotations
@@ -39,6 +48,7 @@ from ..errors import LmkitError
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 QMAX = {8: 127, 4: 7}  # the largest stored value (int4 also stores -8)
+PREFILL_ROWS = 48  # int4: above this many rows per call, restoring the weights and a float matmul beat the kernel
 
 
 def describe(bits: int, group_size: int | None) -> str:
@@ -96,13 +106,20 @@ def quantize_weight(w: torch.Tensor, bits: int, group_size: int | None) -> tuple
     return (q if bits == 8 else pack_int4(q)), scale
 
 
-def dequantize(stored: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """The float weight q · s (out, in) of `quantize_weight`'s output; the group size follows from the
-    scales' shape."""
+def dequantize(stored: torch.Tensor, scale: torch.Tensor, bits: int, dtype=torch.float32) -> torch.Tensor:
+    """The float weight q · s (out, in) of `quantize_weight`'s output, in `dtype`; the group size follows
+    from the scales' shape."""
     q = stored if bits == 8 else unpack_int4(stored)
     out, width = q.shape
-    s = scale.float().reshape(out, -1)
-    return (q.float().view(out, s.size(1), -1) * s[..., None]).view(out, width)
+    s = scale.to(dtype).reshape(out, -1)
+    return (q.to(dtype).view(out, s.size(1), -1) * s[..., None]).view(out, width)
+
+
+def fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX): there a bf16 matmul is
+    several times fp32's; on AVX2-only CPUs it is far slower."""
+    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 # ---- the module ---------------------------------------------------------------------------------------
@@ -135,8 +152,8 @@ class QuantLinear(nn.Module):
             m.bias.data.copy_(lin.bias.detach().float())
         return m.to(lin.weight.device)
 
-    def dequantize(self) -> torch.Tensor:
-        return dequantize(getattr(self, self.values), self.weight_scale, self.bits)
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        return dequantize(getattr(self, self.values), self.weight_scale, self.bits, dtype)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._float = self._packed = self.kernel = None  # new numbers: kernels are prepared again
@@ -149,15 +166,17 @@ class QuantLinear(nn.Module):
             self._float = self._packed = self.kernel = None
         return out
 
-    def prepare(self) -> "QuantLinear":
-        """Choose the kernel and build what it needs (called on first use; the loaders call it at once)."""
+    def prepare(self, kernel: str | None = None) -> "QuantLinear":
+        """Choose the kernel (or take `kernel`="float", the reference) and build what it needs (called on first
+        use; the loaders call it at once)."""
         self.kernel, self._packed, self._float = "float", None, None
-        if self.bits == 8 and self.group_size is None and self.weight_scale.device.type == "cpu":
-            self._packed = _fbgemm_pack(self.weight_int8, self.weight_scale, self.bias)
-        if self._packed is not None:
-            self.kernel = "fbgemm"
-        else:
-            self._float = self.dequantize()
+        on_cpu = self.weight_scale.device.type == "cpu" and kernel != "float"
+        if self.bits == 8 and self.group_size is None and on_cpu:
+            self._packed, self.kernel = _fbgemm_pack(self.weight_int8, self.weight_scale, self.bias), "fbgemm"
+        elif self.bits == 4 and on_cpu:
+            self._packed, self.kernel = _int4_pack(self.weight_int4, self.weight_scale), "int4pack"
+        if self._packed is None:
+            self.kernel, self._float = "float", self.dequantize()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +184,17 @@ class QuantLinear(nn.Module):
             self.prepare()
         if self.kernel == "fbgemm" and x.dtype == torch.float32 and x.device.type == "cpu":
             return torch.ops.quantized.linear_dynamic(x, self._packed, True)
+        if self.kernel == "int4pack" and x.device.type == "cpu":
+            rows = x.numel() // self.in_features
+            if rows > PREFILL_ROWS:  # a prompt: restore the weights for this call and multiply in bulk
+                dtype = torch.bfloat16 if fast_bf16() else torch.float32
+                w, b = self.dequantize(dtype), None if self.bias is None else self.bias.to(dtype)
+                return F.linear(x.to(dtype), w, b).to(x.dtype)
+            packed, scales_and_zeros = self._packed
+            y = torch._weight_int4pack_mm_for_cpu(x.reshape(rows, self.in_features).to(torch.bfloat16), packed,
+                                                  self.group_size, scales_and_zeros)
+            y = y[:, :self.out_features].to(x.dtype).view(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
         w = self._float if self._float is not None else self.dequantize()
         return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
@@ -185,14 +215,36 @@ def _fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
         return None
 
 
+def _int4_pack(stored: torch.Tensor, scale: torch.Tensor):
+    """Our int4 nibbles and group scales in the layout of PyTorch's CPU int4 kernel
+    (torch._weight_int4pack_mm_for_cpu: w = (u − 8) · s + z per group, u the stored 0..15, here z = 0,
+    bf16 activations and scales), the rows padded with zero weights to a multiple of 16 as it requires;
+    None where this PyTorch has no such kernel."""
+    if not hasattr(torch, "_weight_int4pack_mm_for_cpu"):
+        return None
+    u = unpack_int4(stored).to(torch.int32) + 8  # (out, in), 0..15
+    s = scale.float()
+    pad = -u.size(0) % 16
+    if pad:
+        u = torch.cat([u, torch.full((pad, u.size(1)), 8, dtype=torch.int32)])
+        s = torch.cat([s, torch.zeros(pad, s.size(1))])
+    try:
+        packed = torch._convert_weight_to_int4pack_for_cpu(u, 2)
+    except (RuntimeError, NotImplementedError):
+        return None
+    scales_and_zeros = torch.stack([s, torch.zeros_like(s)], dim=-1).transpose(0, 1).contiguous()  # (groups, out, 2)
+    return packed, scales_and_zeros.to(torch.bfloat16)
+
+
 # ---- models -------------------------------------------------------------------------------------------
-def quantizable(model: nn.Module) -> dict[str, nn.Linear]:
-    """The Linears `lmkit quantize` makes int8 / int4: those of the Transformer blocks, and the output head
-    when it does not share its matrix with the token embedding (a tied one stays float, as the embedding)."""
+def quantizable(model: nn.Module, head: bool = True) -> dict[str, nn.Linear]:
+    """The Linears `lmkit quantize` makes int8 / int4: those of the Transformer blocks and (`head`) the output
+    head. A head tied to the token embedding gets a quantized copy of that matrix, and the embedding (a
+    lookup, one row a token) stays float: on Qwen2.5-0.5B that head is 27% of the weights, all of them
+    read for every generated token."""
     out = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("h.")}
-    head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
-    if isinstance(head, nn.Linear) and not (wte is not None and head.weight is getattr(wte, "weight", None)):
-        out["lm_head"] = head
+    if head and isinstance(getattr(model, "lm_head", None), nn.Linear):
+        out["lm_head"] = model.lm_head
     return out
 
 
