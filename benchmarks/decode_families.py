@@ -1,4 +1,4 @@
-"""Decode tokens/s of an imported Qwen2.5-0.5B-shaped model: lmkit fp32 and int8 beside transformers.
+"""Decode tokens/s of an imported Qwen2.5-0.5B-shaped model: lmkit fp32, int8 and int4 beside transformers.
 
     python benchmarks/decode_families.py [--new-tokens 16] [--prompt 16] [--repeats 2] [--batches 1,8]
 
@@ -7,12 +7,14 @@ The model has Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 key/value
 folder, then taken through the commands a user runs:
 
     lmkit import-hf HF RUN          the Hugging Face folder as an lmkit run
-    lmkit quantize RUN --out INT8   int8 block weights (dynamic int8 kernels)
+    lmkit quantize RUN --out INT8   int8 block weights and head (fbgemm's dynamic int8 kernel)
+    lmkit quantize RUN --out INT8H --float-head        the same with the tied head kept fp32
+    lmkit quantize RUN --bits 4 --group-size 32 --out INT4   int4 g32 (PyTorch's CPU int4 kernel)
 
 Engines, each greedy from the same random prompt, a fixed number of new tokens (no early stop), run in turn
 (alternated) so that load from other jobs falls on all alike; the best of --repeats per engine:
     lmkit fp32         lmkit.load(RUN) with the generation engine (engine.generate_ids)
-    lmkit int8         lmkit.load(INT8)
+    lmkit int8         lmkit.load(INT8); "lmkit int8, fp32 head" lmkit.load(INT8H); "lmkit int4 g32" lmkit.load(INT4)
     transformers fp32  Qwen2ForCausalLM.generate(do_sample=False) on the same weights
     transformers int8  the same model through torch.ao.quantization.quantize_dynamic: the decoder layers'
                        Linears, per-channel qint8, the scheme lmkit quantize uses (the tied head stays fp32)
@@ -82,13 +84,18 @@ def main() -> None:
         n_params = sum(p.numel() for p in hf.parameters())
         t_import = lmkit_cli("import-hf", str(hf_dir), "--out", str(run))
         t_quant = lmkit_cli("quantize", str(run), "--out", str(int8))
+        lmkit_cli("quantize", str(run), "--float-head", "--out", str(Path(tmp) / "int8h"))
+        lmkit_cli("quantize", str(run), "--bits", "4", "--group-size", "32", "--out", str(Path(tmp) / "int4"))
         ours, ours8 = lmkit.load(run).model, lmkit.load(int8).model
+        ours8h, ours4 = lmkit.load(Path(tmp) / "int8h").model, lmkit.load(Path(tmp) / "int4").model
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
         layers = {n: per_channel_dynamic_qconfig for n, m in hf.named_modules()
                   if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")}  # as lmkit's: the blocks
         theirs8 = quantize_dynamic(hf, layers, dtype=torch.qint8)
         engines = {"lmkit fp32": lambda p: time_lmkit(ours, p, a.new_tokens),
                    "lmkit int8": lambda p: time_lmkit(ours8, p, a.new_tokens),
+                   "lmkit int8, fp32 head": lambda p: time_lmkit(ours8h, p, a.new_tokens),
+                   "lmkit int4 g32": lambda p: time_lmkit(ours4, p, a.new_tokens),
                    "transformers fp32": lambda p: time_hf(hf, p, a.new_tokens),
                    "transformers int8": lambda p: time_hf(theirs8, p, a.new_tokens)}
         x = torch.randint(0, QWEN25_05B["vocab_size"], (1, 12))
@@ -112,7 +119,7 @@ def main() -> None:
                 rows.append([batch, name, f"{tps:.2f}", f"{1000 * sec / a.new_tokens:.0f}",
                              f"{tps / (batch * a.new_tokens / ref[0]):.2f}×", same])
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    report(f"decode tokens/s, imported Qwen2.5-0.5B-shaped model (random weights): lmkit fp32 / int8 vs "
+    report(f"decode tokens/s, imported Qwen2.5-0.5B-shaped model (random weights): lmkit fp32 / int8 / int4 vs "
            f"transformers {transformers.__version__}",
            ["batch", "engine", "tokens/s", "ms per new token", "vs transformers fp32", "same greedy tokens as "
             "transformers fp32"], rows,
@@ -121,8 +128,8 @@ def main() -> None:
                  f"transformers fp32 max |Δlogit| {diff:.1e}. Greedy, prompt {a.prompt} random tokens, "
                  f"{a.new_tokens} new tokens per row (no early stop), best of {a.repeats} alternated runs per "
                  f"engine, torch threads {torch.get_num_threads()}. transformers int8 = torch.ao dynamic "
-                 f"per-channel qint8 quantization of the decoder layers' Linears, as lmkit's int8 (the tied "
-                 f"head fp32 in both). Load average before / after: {load_before} / {load_after}.")
+                 f"per-channel qint8 quantization of the decoder layers' Linears, as lmkit's int8; its tied "
+                 f"head stays fp32, as in 'lmkit int8, fp32 head' (lmkit quantizes a copy of it by default). Load average before / after: {load_before} / {load_after}.")
 
 
 if __name__ == "__main__":

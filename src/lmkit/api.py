@@ -151,9 +151,12 @@ class LM:
                 for ps, ix in zip(top.values, top.indices)]
 
 
-def load(path: str | Path, device: str = "cpu", accept=MODELS, families=None, purpose: str = "lmkit.load") -> LM:
+def load(path: str | Path, device: str = "cpu", accept=MODELS, families=None, purpose: str = "lmkit.load",
+         dtype: str = "float32") -> LM:
     """Load a model directory as an LM: a run written by `lmkit train` (or quantize, prune, finetune), a
     Hugging Face model folder (GPT-2, Llama-style, BERT), or `hf:<hub id>` (downloads; needs internet), or a
     PEFT LoRA adapter folder (read merged onto the base its adapter_config.json names).
-    `accept` / `families` narrow what is taken (see lmkit.runs); anything else is refused in one line."""
-    return LM.from_run(open_run(path, accept=accept, families=families, purpose=purpose, device=device))
+    `accept` / `families` narrow what is taken (see lmkit.runs); anything else is refused in one line.
+    `dtype`: "float32" (the reference), "bfloat16", or "auto" (bfloat16 where the device multiplies it
+    natively, else float32) for a float model's weights; a quantized run keeps its kernels' precision."""
+    return LM.from_run(open_run(path, accept=accept, families=families, purpose=purpose, device=device, dtype=dtype))

@@ -103,6 +103,14 @@ def device(p, default: str = "cpu") -> None:
     p.add_argument("--device", default=default, help=f"{help} (default {default})")
 
 
+def dtype(p) -> None:
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32",
+                   help="precision of a float model's weights: float32 (default, the reference), bfloat16, or "
+                        "auto: bfloat16 where the CPU (AVX-512 BF16 / AMX) or GPU multiplies it natively, else "
+                        "float32. On such a CPU bf16 processes prompts about 4x faster and decodes as fast; a "
+                        "quantized run keeps its own kernels")
+
+
 def threads(p) -> None:
     number(p, "--threads", lo=0, hi=MAX_THREADS, default=0, metavar="N",
            help="CPU threads (default 0: the fastest count right now, chosen by timing a few steps; sets num_threads)")

@@ -32,6 +32,7 @@ def register(g: flags.Group) -> None:
     p.add_argument("--prompt", default="", help="text to continue (default: start of a new document)")
     flags.number(p, "--num-samples", lo=1, default=1, help="how many continuations (default 1)")
     flags.device(p)
+    flags.dtype(p)
     p.add_argument("--chat", action="store_true", help="the prompt is a user message: answer it through the "
                    "run's chat template (the reply stops at the end of the assistant's turn)")
     _sampling_flags(p, SAMPLING)
@@ -52,6 +53,7 @@ def register(g: flags.Group) -> None:
     p.add_argument("run_dir", help=flags.TRAINED_RUN)
     p.add_argument("--system", help="a system prompt for the conversation (kept when older turns are left out)")
     flags.device(p)
+    flags.dtype(p)
     _sampling_flags(p, SAMPLING[:CHAT_SAMPLING])
 
     p = g.command("fill-mask", run_fill_mask, "predict the tokens behind [MASK] with a BERT run",
@@ -92,9 +94,9 @@ def run_generate(a) -> None:
         sampling["json_schema"] = _read_schema(a.json_schema_file)
     if a.draft is not None:
         _check_draft_flags(a, sampling)
-    lm = load(a.run_dir, device=a.device, families=CAUSAL, purpose="generate")
+    lm = load(a.run_dir, device=a.device, families=CAUSAL, purpose="generate", dtype=a.dtype)
     if a.draft is not None:  # loaded and checked once, before any output
-        sampling["draft"], sampling["draft_tokens"] = load(a.draft, device=a.device, families=CAUSAL), a.draft_tokens
+        sampling["draft"], sampling["draft_tokens"] = load(a.draft, device=a.device, families=CAUSAL, dtype=a.dtype), a.draft_tokens
         lm.drafting(sampling["draft"], a.draft_tokens)
     if a.json_schema_file is not None:  # compiled before any output: a schema the grammar library refuses fails here
         from ..grammar import json_grammar
@@ -158,7 +160,7 @@ def run_chat(a) -> None:
     from ..runs import CAUSAL
     from ..serve.terminal import chat
     sampling = sampling_options(a)
-    chat(load(a.run_dir, device=a.device, families=CAUSAL, purpose="chat"), system=a.system, **sampling)
+    chat(load(a.run_dir, device=a.device, families=CAUSAL, purpose="chat", dtype=a.dtype), system=a.system, **sampling)
 
 
 def run_fill_mask(a) -> None:

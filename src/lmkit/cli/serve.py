@@ -28,6 +28,7 @@ def register(g: flags.Group) -> None:
     flags.number(p, "--prefix-cache-mb", type=float, lo=0, default=256.0, metavar="MB",
                  help="memory for the prefix cache's keys and values, least recently used evicted (default 256)")
     flags.device(p)
+    flags.dtype(p)
 
 
 def run_serve(a) -> None:
@@ -37,4 +38,4 @@ def run_serve(a) -> None:
         torch.set_num_threads(a.threads)
     serve(a.run_dir, host=a.host, port=a.port, api_key=a.api_key, device=a.device, max_batch=a.max_batch,
           encoder=a.encoder, drain_seconds=a.drain_seconds, draft=a.draft, draft_tokens=a.draft_tokens,
-          prefix_cache=a.prefix_cache, prefix_cache_mb=a.prefix_cache_mb)
+          prefix_cache=a.prefix_cache, prefix_cache_mb=a.prefix_cache_mb, dtype=a.dtype)

@@ -44,11 +44,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import LmkitError
+from .precision import fast_bf16
 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 QMAX = {8: 127, 4: 7}  # the largest stored value (int4 also stores -8)
-PREFILL_ROWS = 48  # int4: above this many rows per call, restoring the weights and a float matmul beat the kernel
+PREFILL_ROWS = 64  # int4: above this many rows a call, restored weights and a bf16 matmul beat the kernel
 
 
 def describe(bits: int, group_size: int | None) -> str:
@@ -113,13 +114,6 @@ def dequantize(stored: torch.Tensor, scale: torch.Tensor, bits: int, dtype=torch
     out, width = q.shape
     s = scale.to(dtype).reshape(out, -1)
     return (q.to(dtype).view(out, s.size(1), -1) * s[..., None]).view(out, width)
-
-
-def fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX): there a bf16 matmul is
-    several times fp32's; on AVX2-only CPUs it is far slower."""
-    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 # ---- the module ---------------------------------------------------------------------------------------

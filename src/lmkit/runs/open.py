@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..errors import LmkitError
+from ..models.precision import DTYPES, resolve_dtype
 from .classifier import read_classifier
 from .detect import Found, detect, refusal
 from .hf import read_hf, resolve_hub
@@ -19,10 +22,13 @@ ENCODERS = ("bert",)
 
 
 def open_run(path: str | Path, accept=MODELS, families=None, purpose: str = "this command",
-             device: str = "cpu", hints: dict | None = None, what: str = "run directory") -> Run:
+             device: str = "cpu", hints: dict | None = None, what: str = "run directory",
+             dtype: str = "float32") -> Run:
     """Open the directory at `path` as a Run, refusing (LmkitError, one line) a kind or model family that
     is not in `accept` / `families`. `hints` may replace the advice given for a refused kind or family;
-    `what` names the directory expected, in messages for a path that is none of lmkit's kinds."""
+    `what` names the directory expected, in messages for a path that is none of lmkit's kinds.
+    `dtype` ("float32", "bfloat16" or "auto": bfloat16 where the device multiplies it natively) is the
+    precision of a float model's weights; a quantized run keeps its own (its kernels choose)."""
     found = detect(path, what)
     if found.kind not in accept:
         raise LmkitError(refusal(found, purpose, hints, accept))
@@ -30,13 +36,13 @@ def open_run(path: str | Path, accept=MODELS, families=None, purpose: str = "thi
         found = detect(resolve_hub(str(found.path)))
     if families is not None and found.family is not None and found.family not in families:
         raise LmkitError(refusal(found, purpose, hints, accept, families))
-    run = _read(found, device)
+    run = _read(found, device, dtype)
     if families is not None and run.family not in families:  # a hub id: family known once downloaded
         raise LmkitError(refusal(detect(run.path), purpose, hints, accept, families))
     return run
 
 
-def _read(found: Found, device: str) -> Run:
+def _read(found: Found, device: str, dtype: str = "float32") -> Run:
     if found.kind == "hf":
         run = read_hf(found.path)
     elif found.kind == "classifier":
@@ -46,6 +52,9 @@ def _read(found: Found, device: str) -> Run:
     else:
         run = read_native(found.path, found.kind)
     run.model.to(device).eval()
+    dtype = resolve_dtype(dtype, torch.device(device))
+    if dtype != "float32" and found.kind != "int8":
+        run.model.to(DTYPES[dtype])
     return run
 
 

@@ -301,12 +301,13 @@ class GracefulServer(uvicorn.Server):
 def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           device: str = "cpu", max_batch: int = 32, encoder: str | None = None, drain_seconds: float = 30,
           draft: str | None = None, draft_tokens: int = DRAFT_TOKENS, prefix_cache: bool = True,
-          prefix_cache_mb: float = DEFAULT_MB) -> None:
+          prefix_cache_mb: float = DEFAULT_MB, dtype: str = "float32") -> None:
     """Load a run directory and serve it until SIGTERM or Ctrl-C (then drain: see the module's docstring).
-    `draft`: a smaller run with the same tokenizer for speculative decoding. `prefix_cache`: see create_app."""
-    lm = load(run_dir, device=device, families=CAUSAL, purpose="serve")
+    `draft`: a smaller run with the same tokenizer for speculative decoding. `prefix_cache`: see create_app.
+    `dtype`: the weights' precision, as lmkit.load takes it."""
+    lm = load(run_dir, device=device, families=CAUSAL, purpose="serve", dtype=dtype)
     if draft is not None:
-        draft = load(draft, device=device, families=CAUSAL, purpose="serve --draft")
+        draft = load(draft, device=device, families=CAUSAL, purpose="serve --draft", dtype=dtype)
     if encoder is not None:
         encoder = Encoder(encoder, max_len=512)
     app = create_app(lm, api_key=api_key, max_batch=max_batch, encoder=encoder, draft=draft, draft_tokens=draft_tokens,
