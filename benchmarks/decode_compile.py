@@ -38,12 +38,27 @@ def decode(model, prompt: list[int], n_new: int) -> tuple[float, float, float]:
     return t2 - t0, len(prompt) / (t1 - t0), (n_new - 1) / (t2 - t1)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the scripts that time the runs benchmarks/decode_vs_llamacpp.py builds."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", required=True, help="the work folder of benchmarks/decode_vs_llamacpp.py")
     ap.add_argument("--variants", default="fp32,int8,int4-g32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=512)
+    return ap
+
+
+def variant_runs(folder: Path, variants: str):
+    """(variant, run folder) for each of the comma-separated variants, or exit naming the missing one."""
+    for variant in variants.split(","):
+        path = folder / ("run" if variant == "fp32" else variant)
+        if not path.exists():
+            sys.exit(f"{path}: not found (run benchmarks/decode_vs_llamacpp.py --dir {folder} first)")
+        yield variant, path
+
+
+def main() -> None:
+    ap = parser(__doc__)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--whole", action="store_true", help="also compile the whole model (slow to warm up)")
     a = ap.parse_args()
@@ -52,10 +67,7 @@ def main() -> None:
     folder = Path(a.dir)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = []
-    for variant in a.variants.split(","):
-        path = folder / ("run" if variant == "fp32" else variant)
-        if not path.exists():
-            sys.exit(f"{path}: not found (run benchmarks/decode_vs_llamacpp.py --dir {folder} first)")
+    for variant, path in variant_runs(folder, a.variants):
         V = lmkit.load(path).config.model.vocab_size
         gen = torch.Generator().manual_seed(0)
         prompts = [torch.randint(1, V, (a.prompt,), generator=gen).tolist() for _ in range(2)]
