@@ -55,8 +55,8 @@ def weight_bytes(layer: nn.Module) -> int:
 
 def linears_ms(model, reps: int = 5) -> float:
     """ms for one pass over every Linear on one row (B=1, T=1), in model order: what the kernels cost alone."""
-    xs = [torch.randn(1, 1, layer.in_features) for layer in linears(model)]
     layers = linears(model)
+    xs = [torch.randn(1, 1, layer.in_features) for layer in layers]
     best = float("inf")
     with torch.inference_mode():
         for r in range(reps + 1):

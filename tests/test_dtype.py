@@ -30,19 +30,21 @@ def test_auto_is_the_machines_choice(trained_run, monkeypatch):
     assert next(lmkit.load(trained_run, dtype="auto").model.parameters()).dtype == torch.bfloat16
 
 
-def test_a_quantized_run_keeps_its_kernels_under_any_dtype(trained_run, tmp_path):
-    q = tmp_path / "q8"
-    quantize(trained_run, q)
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_quantized_run_keeps_its_kernels_under_any_dtype(trained_run, tmp_path, bits):
+    q = tmp_path / f"q{bits}"
+    quantize(trained_run, q, bits)
     lm = lmkit.load(q, dtype="bfloat16")
     layers = [m for m in lm.model.modules() if isinstance(m, QuantLinear)]
     assert layers and all(m.weight_scale.dtype == torch.float32 for m in layers)
+    assert {p.dtype for p in lm.model.parameters()} == {torch.float32}
     assert torch.equal(lm.model(torch.tensor([[1, 2, 3]]))[0], lmkit.load(q).model(torch.tensor([[1, 2, 3]]))[0])
 
 
 def test_cli_dtype_flag(trained_run, capsys):
-    for cmd in (["generate", str(trained_run), "--prompt", "To be", "--max-new-tokens", "6", "--temperature", "0"],):
-        assert main(cmd + ["--dtype", "bfloat16"]) == 0
-        assert capsys.readouterr().out.strip()
+    assert main(["generate", str(trained_run), "--prompt", "To be", "--max-new-tokens", "6", "--temperature", "0",
+                 "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().out.strip()
     with pytest.raises(SystemExit) as e:
         main(["generate", str(trained_run), "--dtype", "float64"])
     assert e.value.code != 0

@@ -25,8 +25,8 @@ fp32 F.linear takes 9.4 / 26.0):
                activations and scales), 2.5 / 7.5, up to PREFILL_ROWS rows a call. Above that (a prompt) the
                kernel falls behind a float matmul (512 rows: 24.9 ms a matrix against fp32's 10.8), so the
                weights are restored for the call, in bf16 where the CPU multiplies bf16 natively (4.3 ms
-               with the restoring), else fp32. On a 373M Llama-style model at 2 threads this decodes 46-49
-               tokens/s where the float path gave 16.4 (benchmarks/decode_vs_llamacpp.py).
+               with the restoring), else fp32. On a 373M Llama-style model at 2 threads this decodes 40.9
+               tokens/s where fp32 gave 16.2 (benchmarks/decode_vs_llamacpp.py, 2026-12-03).
     "float"    every other case (int8 with groups, other devices, or `prepare("float")`, the reference): the
                weights are restored in float once, when the module is first used, and F.linear runs on
                them: fp32 speed and memory (the file stays 4x / 6x smaller). torchao's weight-only kernels

@@ -42,7 +42,7 @@ def open_run(path: str | Path, accept=MODELS, families=None, purpose: str = "thi
     return run
 
 
-def _read(found: Found, device: str, dtype: str = "float32") -> Run:
+def _read(found: Found, device: str, dtype: str) -> Run:
     if found.kind == "hf":
         run = read_hf(found.path)
     elif found.kind == "classifier":
@@ -51,10 +51,9 @@ def _read(found: Found, device: str, dtype: str = "float32") -> Run:
         return Run(found.path, found.kind, meta=found.meta)
     else:
         run = read_native(found.path, found.kind)
-    run.model.to(device).eval()
     dtype = resolve_dtype(dtype, torch.device(device))
-    if dtype != "float32" and found.kind != "int8":
-        run.model.to(DTYPES[dtype])
+    float_model = found.kind != "int8"  # "int8" is every lmkit quantize output, int4 too: its kernels choose
+    run.model.to(device, DTYPES[dtype] if float_model else None).eval()
     return run
 
 
